@@ -1,0 +1,64 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from activeseg import __version__
+from activeseg.api.errors import install_error_handlers
+from activeseg.api.routes import health, images, jobs, projects, users
+from activeseg.core.db import Database
+from activeseg.core.settings import Settings, get_settings
+from activeseg.core.storage import open_store
+
+log = logging.getLogger(__name__)
+
+
+def _default_dispatcher(db: Database) -> Callable[[int], bool]:
+    def dispatch(job_id: int) -> bool:
+        from activeseg.worker.dispatch import dispatch as send
+
+        return send(db, job_id)
+
+    return dispatch
+
+
+def create_app(
+    settings: Settings | None = None, dispatcher: Callable[[int], bool] | None = None
+) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="activeseg",
+        version=__version__,
+        description="Active-learning annotation service for image segmentation. Every route "
+        "but /health needs `Authorization: Bearer <token>`.",
+    )
+    app.state.settings = settings
+    app.state.db = Database(settings)
+    app.state.store = open_store(settings.storage_url)
+    app.state.dispatch = dispatcher or _default_dispatcher(app.state.db)
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                return JSONResponse({"detail": "invalid Content-Length"}, status_code=400)
+            if int(length) > settings.max_upload_bytes + 1024 * 1024:
+                return JSONResponse(
+                    {
+                        "detail": f"request body over {settings.max_upload_bytes} bytes "
+                        "(ACTIVESEG_MAX_UPLOAD_BYTES)"
+                    },
+                    status_code=413,
+                )
+        return await call_next(request)
+
+    for module in (health, users, projects, images, jobs):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,219 @@
+"""The ``activeseg`` command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+
+from activeseg.core.settings import get_settings
+
+app = typer.Typer(
+    help="activeseg: active-learning annotation service for segmentation.", no_args_is_help=True
+)
+user_app = typer.Typer(help="Manage users.", no_args_is_help=True)
+token_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+app.add_typer(token_app, name="token")
+
+
+def _db():  # type: ignore[no-untyped-def]
+    from activeseg.core.db import Database
+
+    return Database(get_settings())
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema to the latest version (alembic upgrade head)."""
+    from activeseg.core.migrate import upgrade
+
+    settings = get_settings()
+    upgrade(settings.database_url)
+    typer.echo(f"database at head: {_redact(settings.database_url)}")
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def worker_command(concurrency: int, beat: bool, loglevel: str = "INFO") -> list[str]:
+    settings = get_settings()
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "activeseg.worker.app",
+        "worker",
+        "--loglevel",
+        loglevel,
+        "--concurrency",
+        str(concurrency),
+        "-Q",
+        "activeseg",
+        "--hostname",
+        f"activeseg-{os.getpid()}@%h",
+    ]
+    if beat:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd += ["--beat", "--schedule", str(settings.data_dir.resolve() / "celerybeat-schedule")]
+    return cmd
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="parallel jobs in this worker")] = 1,
+    beat: Annotated[
+        bool,
+        typer.Option(
+            help="also run the periodic maintenance schedule "
+            "(exactly one worker of a deployment should)"
+        ),
+    ] = False,
+    loglevel: str = "INFO",
+) -> None:
+    """Run a Celery worker (production: start as many as you like, on any machine)."""
+    os.execv(sys.executable, worker_command(concurrency, beat, loglevel))
+
+
+@app.command()
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: Annotated[int, typer.Option(help="Celery worker processes started alongside")] = 1,
+    api_workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    with_worker: Annotated[bool, typer.Option(help="start a Celery worker too")] = True,
+) -> None:
+    """Run the API and (by default) a worker together: the embedded one-command mode.
+
+    Migrates the database first. On a fresh data folder it creates an `admin` user and
+    prints its token (also saved to DATA_DIR/admin-token, readable by you only).
+    """
+    import uvicorn
+
+    from activeseg.core.migrate import upgrade
+
+    logging.basicConfig(level=get_settings().log_level)
+    settings = get_settings()
+    upgrade(settings.database_url)
+    _bootstrap_admin()
+    proc = None
+    if with_worker:
+        proc = subprocess.Popen(worker_command(workers, beat=True, loglevel="WARNING"))
+    typer.echo(f"activeseg API on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
+    try:
+        uvicorn.run(
+            "activeseg.api.main:app", host=host, port=port, workers=api_workers, log_level="info"
+        )
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _bootstrap_admin() -> None:
+    from sqlalchemy import func, select
+
+    from activeseg.core.services import auth
+    from activeseg.core.tables import User
+
+    settings = get_settings()
+    with _db().session() as s:
+        if s.scalar(select(func.count()).select_from(User)):
+            path = settings.data_dir / "admin-token"
+            if path.exists():
+                typer.echo(f"admin token: see {path}")
+            return
+        user = auth.create_user(s, "admin", "admin")
+        _, secret = auth.create_token(s, user)
+    path = settings.data_dir / "admin-token"
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+    typer.echo(f"created user 'admin'; token (saved in {path}):\n  {secret}")
+
+
+@user_app.command("create")
+def user_create(
+    name: str,
+    role: Annotated[str, typer.Option(help="annotator | engineer | admin")] = "annotator",
+    expires_days: Annotated[float | None, typer.Option(help="token lifetime")] = None,
+) -> None:
+    """Create a user and print a new API token for them."""
+    from activeseg.core.errors import DomainError
+    from activeseg.core.services import auth
+
+    try:
+        with _db().session() as s:
+            user = auth.create_user(s, name, role)
+            _, secret = auth.create_token(
+                s, user, timedelta(days=expires_days) if expires_days else None
+            )
+    except DomainError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(secret)
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="user name")],
+    expires_days: Annotated[float | None, typer.Option(help="token lifetime")] = None,
+) -> None:
+    """Print a new API token for an existing user."""
+    from sqlalchemy import select
+
+    from activeseg.core.services import auth
+    from activeseg.core.tables import User
+
+    with _db().session() as s:
+        user = s.scalar(select(User).where(User.name == name))
+        if user is None:
+            typer.echo(f"error: no user named {name!r}", err=True)
+            raise typer.Exit(2)
+        _, secret = auth.create_token(
+            s, user, timedelta(days=expires_days) if expires_days else None
+        )
+    typer.echo(secret)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token: Annotated[str, typer.Argument(help="the token itself, or its id")],
+) -> None:
+    """Revoke a token so it can no longer be used."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select
+
+    from activeseg.core.services.auth import hash_token
+    from activeseg.core.tables import ApiToken
+
+    with _db().session() as s:
+        query = select(ApiToken)
+        query = (
+            query.where(ApiToken.id == int(token))
+            if token.isdigit()
+            else query.where(ApiToken.token_hash == hash_token(token))
+        )
+        row = s.scalar(query)
+        if row is None:
+            typer.echo("error: no such token", err=True)
+            raise typer.Exit(2)
+        row.revoked_at = row.revoked_at or datetime.now(UTC)
+        typer.echo(f"revoked token {row.id} ({row.prefix}…)")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,122 @@
+"""Validated per-project settings (regions, acquisition, annotation, model)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MEASURES = (
+    "least_confidence",
+    "margin",
+    "entropy",
+    "normalised_entropy",
+    "ratio",
+    "predictive_entropy",
+    "expected_entropy",
+    "mutual_information",
+    "variation_ratio",
+    "mean_std",
+)
+ENSEMBLE_ONLY = {
+    "predictive_entropy",
+    "expected_entropy",
+    "mutual_information",
+    "variation_ratio",
+    "mean_std",
+}
+IGNORE_INDEX = 255
+_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
+
+
+class ClassDef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: int = Field(ge=0, le=254)
+    name: str = Field(min_length=1, max_length=100)
+    colour: str = Field(default="#808080", description="hex colour, e.g. #ff8800")
+
+    @field_validator("colour")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        if not _COLOUR.match(v):
+            raise ValueError(f"colour must look like '#ff8800', got {v!r}")
+        return v.lower()
+
+
+def validate_classes(classes: list[ClassDef]) -> list[ClassDef]:
+    if len(classes) < 2:
+        raise ValueError(
+            "a segmentation project needs at least 2 classes, e.g. "
+            '[{"id": 0, "name": "background"}, {"id": 1, "name": "cell"}]'
+        )
+    ids = [c.id for c in classes]
+    if sorted(ids) != list(range(len(ids))):
+        raise ValueError(f"class ids must be 0..{len(ids) - 1} without gaps, got {sorted(ids)}")
+    names = [c.name for c in classes]
+    if len(set(names)) != len(names):
+        raise ValueError("class names must be unique")
+    return sorted(classes, key=lambda c: c.id)
+
+
+class ModelSettings(BaseModel):
+    """Network and training settings; see activeseg.models.config.ModelConfig for all of them."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["mc_dropout", "ensemble", "single"] = "mc_dropout"
+    ensemble_size: int = Field(default=5, ge=2, le=20)
+    mc_samples: int = Field(default=10, ge=2, le=100)
+    depth: int = Field(default=4, ge=1, le=6)
+    base_channels: int = Field(default=16, ge=4, le=128)
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    epochs: int = Field(default=30, ge=1, le=10_000)
+    batch_size: int = Field(default=8, ge=1, le=512)
+    lr: float = Field(default=1e-3, gt=0, le=1)
+    class_weighted: bool = False
+    augment: bool = True
+    patience: int = Field(default=5, ge=1)
+    warm_start: bool = True
+    seed: int = 0
+
+
+class ProjectSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    region_kind: Literal["superpixel", "grid"] = "superpixel"
+    region_size: int = Field(default=16, ge=2, le=1024, description="tile side or SLIC side")
+    measure: str = "entropy"
+    pooling: Literal["mean", "max", "class_balanced"] = "mean"
+    strategy: Literal["top_k", "random", "power", "softmax", "softrank"] = "power"
+    beta: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=20, ge=1, le=10_000, description="regions queued per round")
+    per_image_cap: int | None = Field(default=3, ge=1)
+    min_distance: float | None = Field(default=None, ge=0)
+    auto_retrain_every: int | None = Field(default=None, ge=1, description="labels per retrain")
+    auto_activate: bool = True
+    lease_seconds: int = Field(default=600, ge=5, le=86_400)
+    overlap: int = Field(default=1, ge=1, le=10)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+
+    @field_validator("measure")
+    @classmethod
+    def _known_measure(cls, v: str) -> str:
+        if v not in MEASURES:
+            raise ValueError(f"unknown measure {v!r}; choose one of {', '.join(MEASURES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _measure_fits_model(self) -> ProjectSettings:
+        if self.measure in ENSEMBLE_ONLY and self.model.method == "single":
+            raise ValueError(
+                f"measure {self.measure!r} needs several members or samples; set "
+                '"model": {"method": "mc_dropout"} or "ensemble", or pick a softmax measure '
+                "such as 'entropy'"
+            )
+        return self
+
+
+def merge_settings(current: dict[str, Any], patch: dict[str, Any]) -> ProjectSettings:
+    """Apply a partial update (nested for ``model``) and validate the result."""
+    merged = {**current, **{k: v for k, v in patch.items() if k != "model"}}
+    if "model" in patch:
+        merged["model"] = {**current.get("model", {}), **(patch["model"] or {})}
+    return ProjectSettings.model_validate(merged)

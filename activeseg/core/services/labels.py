@@ -1,0 +1,102 @@
+"""Label masks: every change is a new revision; nothing is overwritten in place."""
+
+from __future__ import annotations
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from activeseg.core.errors import NotFound
+from activeseg.core.imaging import decode_index, decode_mask, encode_png
+from activeseg.core.storage import BlobStore
+from activeseg.core.tables import Image, LabelRevision, Project
+
+
+def current_mask(session: Session, store: BlobStore, image: Image) -> np.ndarray:
+    """The latest mask as uint8 [H, W]; all 255 when the image has no labels yet."""
+    if image.current_revision == 0:
+        return np.full((image.height, image.width), 255, dtype=np.uint8)
+    rev = get_revision(session, image, image.current_revision)
+    return decode_index(store.get(rev.blob_key))
+
+
+def get_revision(session: Session, image: Image, revision: int | None = None) -> LabelRevision:
+    number = image.current_revision if revision is None else revision
+    rev = session.scalar(
+        select(LabelRevision).where(
+            LabelRevision.image_id == image.id, LabelRevision.revision == number
+        )
+    )
+    if rev is None:
+        raise NotFound(f"image {image.id} has no label revision {number}")
+    return rev
+
+
+def history(session: Session, image: Image) -> list[LabelRevision]:
+    return list(
+        session.scalars(
+            select(LabelRevision)
+            .where(LabelRevision.image_id == image.id)
+            .order_by(LabelRevision.revision)
+        )
+    )
+
+
+def save_revision(
+    session: Session,
+    store: BlobStore,
+    image: Image,
+    mask: np.ndarray,
+    *,
+    source: str,
+    author_id: int | None,
+    task_id: int | None = None,
+    idempotency_key: str | None = None,
+) -> LabelRevision:
+    """Store ``mask`` (uint8 [H, W], already checked) as the image's next revision.
+
+    The image row is locked first so that two concurrent submissions for one image get
+    revisions n+1 and n+2 instead of colliding.
+    """
+    if idempotency_key is not None:
+        done = session.scalar(
+            select(LabelRevision).where(LabelRevision.idempotency_key == idempotency_key)
+        )
+        if done is not None:
+            return done
+    locked = session.scalar(select(Image).where(Image.id == image.id).with_for_update())
+    assert locked is not None
+    labelled = int(np.count_nonzero(mask != 255))
+    key = store.put(encode_png(mask))
+    rev = LabelRevision(
+        image_id=locked.id,
+        revision=locked.current_revision + 1,
+        blob_key=key,
+        labelled_pixels=labelled,
+        source=source,
+        author_id=author_id,
+        task_id=task_id,
+        idempotency_key=idempotency_key,
+    )
+    session.add(rev)
+    locked.current_revision = rev.revision
+    locked.labelled_pixels = labelled
+    locked.labelled_fraction = labelled / float(locked.width * locked.height)
+    session.flush()
+    return rev
+
+
+def put_mask_png(
+    session: Session,
+    store: BlobStore,
+    project: Project,
+    image: Image,
+    data: bytes,
+    name: str,
+    author_id: int | None,
+    source: str = "upload",
+) -> LabelRevision:
+    mask = decode_mask(
+        data, name, image.height, image.width, len(project.classes), project.ignore_index
+    )
+    return save_revision(session, store, image, mask, source=source, author_id=author_id)

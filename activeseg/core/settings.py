@@ -1,0 +1,68 @@
+"""One settings object for the whole service, read from ``ACTIVESEG_*`` environment variables.
+
+The defaults are the *embedded mode*: everything lives under ``ACTIVESEG_DATA_DIR`` (a SQLite
+file database, a blob folder and a filesystem Celery transport), so ``activeseg serve`` needs
+nothing else. Production is the same code with ``ACTIVESEG_DATABASE_URL=postgresql+psycopg://…``
+and ``ACTIVESEG_BROKER_URL=redis://…``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ACTIVESEG_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "production", "test"] = "development"
+    data_dir: Path = Path("./data")
+    database_url: str = ""
+    broker_url: str = ""
+    result_backend: str | None = None
+    storage_url: str = ""
+    # Redis re-delivers an unacknowledged message after this many seconds: it must be longer
+    # than the longest job (a retrain), or a running job is started twice.
+    visibility_timeout_s: int = 6 * 3600
+    max_upload_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(default=40_000_000, gt=0)
+    max_images_per_upload: int = Field(default=500, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int | None = None
+    log_level: str = "INFO"
+    # Shown by `activeseg serve` so a newcomer can open the page.
+    public_url: str = "http://127.0.0.1:8000"
+
+    @model_validator(mode="after")
+    def _fill_embedded_defaults(self) -> Settings:
+        data = self.data_dir.resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{data / 'activeseg.db'}"
+        if not self.broker_url:
+            self.broker_url = "filesystem://"
+        if not self.storage_url:
+            self.storage_url = f"file://{data / 'blobs'}"
+        if self.environment == "production" and self.database_url.startswith("sqlite"):
+            raise ValueError(
+                "ACTIVESEG_ENVIRONMENT=production needs a server database, e.g. "
+                "ACTIVESEG_DATABASE_URL=postgresql+psycopg://activeseg@db:5432/activeseg"
+            )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def broker_folder(self) -> Path:
+        """Folder used by kombu's filesystem transport in embedded mode."""
+        return self.data_dir.resolve() / "broker"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,382 @@
+"""SQLAlchemy 2.0 typed ORM for the activeseg domain (see shared/DESIGN.md).
+
+Alembic migrations in ``migrations/`` are the only way this schema reaches a database; a test
+checks that the migrated schema equals this metadata.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on PostgreSQL and SQLite (which stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Role(enum.StrEnum):
+    annotator = "annotator"
+    engineer = "engineer"
+    admin = "admin"
+
+
+class Split(enum.StrEnum):
+    pool = "pool"
+    train = "train"
+    val = "val"
+    test = "test"
+
+
+class TaskState(enum.StrEnum):
+    queued = "queued"
+    leased = "leased"
+    submitted = "submitted"
+    skipped = "skipped"
+    stale = "stale"
+
+
+class JobState(enum.StrEnum):
+    pending = "pending"  # row committed, not yet handed to the broker (outbox)
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+class ModelState(enum.StrEnum):
+    training = "training"
+    ready = "ready"
+    failed = "failed"
+
+
+def _str_enum(e: type[enum.StrEnum]) -> String:
+    return String(max(len(m.value) for m in e) + 4)
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(_str_enum(Role))
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    tokens: Mapped[list[ApiToken]] = relationship(back_populates="user")
+
+
+class ApiToken(Base):
+    """An API token; only its sha256 is stored, so a database leak does not leak tokens."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(12))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    user: Mapped[User] = relationship(back_populates="tokens")
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    # [{"id": 0, "name": "background", "colour": "#000000"}, ...]
+    classes: Mapped[list[Any]] = mapped_column(JSON)
+    ignore_index: Mapped[int] = mapped_column(Integer, default=255)
+    # Validated by api/core schemas (ProjectSettings): regions, acquisition, model config.
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    active_model_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", use_alter=True, ondelete="SET NULL")
+    )
+    # Labels submitted since the last retrain was triggered (auto-retrain counter).
+    labels_since_retrain: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class ProjectMember(Base):
+    __tablename__ = "project_members"
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (
+        UniqueConstraint("project_id", "sha256", name="uq_images_project_sha256"),
+        Index("ix_images_project_split", "project_id", "split", "id"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    sha256: Mapped[str] = mapped_column(String(64))
+    blob_key: Mapped[str] = mapped_column(String(200))
+    filename: Mapped[str] = mapped_column(String(255))
+    format: Mapped[str] = mapped_column(String(10))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    channels: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    split: Mapped[str] = mapped_column(_str_enum(Split), default=Split.pool.value)
+    labelled_pixels: Mapped[int] = mapped_column(BigInteger, default=0)
+    labelled_fraction: Mapped[float] = mapped_column(Float, default=0.0)
+    current_revision: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class LabelRevision(Base):
+    """One version of an image's index mask (255 = not labelled). Never updated in place."""
+
+    __tablename__ = "label_revisions"
+    __table_args__ = (
+        UniqueConstraint("image_id", "revision", name="uq_label_revisions_image_revision"),
+        UniqueConstraint("idempotency_key", name="uq_label_revisions_idempotency_key"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    revision: Mapped[int] = mapped_column(Integer)
+    blob_key: Mapped[str] = mapped_column(String(200))
+    labelled_pixels: Mapped[int] = mapped_column(BigInteger)
+    source: Mapped[str] = mapped_column(String(20))  # upload | task | import | webhook
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id", ondelete="SET NULL"))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class RegionSet(Base):
+    """A region map of one image (SLIC superpixels or grid tiles), stored as an .npz blob."""
+
+    __tablename__ = "region_sets"
+    __table_args__ = (
+        UniqueConstraint("image_id", "kind", "size", name="uq_region_sets_image_kind_size"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20))  # superpixel | grid
+    size: Mapped[int] = mapped_column(Integer)
+    n_regions: Mapped[int] = mapped_column(Integer)
+    blob_key: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        UniqueConstraint("project_id", "version", name="uq_model_versions_project_version"),
+        # A redelivered retrain job finds the version it already made instead of adding one.
+        UniqueConstraint("job_id", name="uq_model_versions_job_id"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(_str_enum(ModelState), default=ModelState.training.value)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    member_keys: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    temperature: Mapped[float | None] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # {image_id: revision} of the labels this version was trained on.
+    label_snapshot: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    labelled_pixels: Mapped[int] = mapped_column(BigInteger, default=0)
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL")
+    )
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ImageScore(Base):
+    """Per-image, per-measure summary of one scoring pass, with the heatmap blob for display."""
+
+    __tablename__ = "image_scores"
+    __table_args__ = (
+        UniqueConstraint(
+            "model_version_id", "image_id", "measure", name="uq_image_scores_model_image_measure"
+        ),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE")
+    )
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    measure: Mapped[str] = mapped_column(String(40))
+    mean: Mapped[float] = mapped_column(Float)
+    heatmap_key: Mapped[str] = mapped_column(String(200))
+    prediction_key: Mapped[str | None] = mapped_column(String(200))
+
+
+class RegionScore(Base):
+    __tablename__ = "region_scores"
+    __table_args__ = (
+        UniqueConstraint(
+            "model_version_id",
+            "measure",
+            "image_id",
+            "region",
+            name="uq_region_scores_model_measure_image_region",
+        ),
+    )
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE")
+    )
+    measure: Mapped[str] = mapped_column(String(40))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    region: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float] = mapped_column(Float)
+    predicted_class: Mapped[int] = mapped_column(Integer)
+
+
+class Round(Base):
+    __tablename__ = "rounds"
+    __table_args__ = (UniqueConstraint("project_id", "number", name="uq_rounds_project_number"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    model_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL")
+    )
+    measure: Mapped[str] = mapped_column(String(40))
+    strategy: Mapped[str] = mapped_column(String(20))
+    n_tasks: Mapped[int] = mapped_column(Integer, default=0)
+    labelled_pixels: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Task(Base):
+    """A region (or a few regions of one image) to label.
+
+    queued -> leased -> submitted | skipped; a lapsed lease goes back to queued; queued tasks
+    of an older model version become stale when the pool is re-scored.
+    """
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        UniqueConstraint("round_id", "image_id", "region_key", name="uq_tasks_round_image_region"),
+        # The lease query: WHERE project_id = ? AND state = 'queued'
+        # ORDER BY priority DESC, id DESC is a backward scan of this index; partial, so it
+        # holds only queued tasks and stays small however many tasks are done.
+        Index(
+            "ix_tasks_queue",
+            "project_id",
+            "priority",
+            "id",
+            postgresql_where=text("state = 'queued'"),
+            sqlite_where=text("state = 'queued'"),
+        ),
+        Index(
+            "ix_tasks_lease_expiry",
+            "lease_expires_at",
+            postgresql_where=text("state = 'leased'"),
+            sqlite_where=text("state = 'leased'"),
+        ),
+        Index("ix_tasks_project_state", "project_id", "state"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    round_id: Mapped[int | None] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    regions: Mapped[list[Any]] = mapped_column(JSON)
+    region_key: Mapped[str] = mapped_column(String(200))
+    region_kind: Mapped[str] = mapped_column(String(20))
+    region_size: Mapped[int] = mapped_column(Integer)
+    model_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL")
+    )
+    measure: Mapped[str] = mapped_column(String(40))
+    priority: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(_str_enum(TaskState), default=TaskState.queued.value)
+    leased_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    leased_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lease_count: Mapped[int] = mapped_column(Integer, default=0)
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    submitted_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    skip_reason: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Job(Base):
+    """A background job. The row is committed before the broker hears of it (outbox)."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("project_id", "kind", "request_id", name="uq_jobs_project_kind_request"),
+        Index("ix_jobs_project_state", "project_id", "state"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(40))
+    state: Mapped[str] = mapped_column(_str_enum(JobState), default=JobState.pending.value)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    request_id: Mapped[str | None] = mapped_column(String(200))
+    celery_id: Mapped[str | None] = mapped_column(String(100))
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    message: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -1,0 +1,170 @@
+"""Running one job row: claim it, keep its heartbeat, record progress, success or failure."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, update
+from sqlalchemy.exc import OperationalError
+
+from activeseg.core.db import Database
+from activeseg.core.settings import Settings
+from activeseg.core.storage import BlobStore
+from activeseg.core.tables import Job, JobState
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 3.0
+# A running job whose heartbeat is older than this is presumed dead (worker killed) and may be
+# claimed again by a redelivery or re-dispatched by the maintenance sweep.
+STALE_AFTER_S = 20.0
+
+
+class JobBusy(Exception):
+    """Another live worker holds this job; the delivery should be retried later."""
+
+
+class TransientError(Exception):
+    """Worth retrying: the database or broker was briefly unreachable."""
+
+
+TRANSIENT = (OperationalError, ConnectionError, TimeoutError, TransientError)
+
+
+@dataclass
+class JobContext:
+    db: Database
+    store: BlobStore
+    settings: Settings
+    job_id: int
+    project_id: int | None
+    _last_write: float = field(default=0.0)
+
+    def progress(self, fraction: float, message: str = "", force: bool = False) -> None:
+        """Record progress (0..1). Throttled to one write per second unless ``force``."""
+        now = time.monotonic()
+        if not force and now - self._last_write < 1.0:
+            return
+        self._last_write = now
+        with self.db.session() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == self.job_id)
+                .values(
+                    progress=max(0.0, min(1.0, fraction)),
+                    message=message[:2000],
+                    heartbeat_at=datetime.now(UTC),
+                )
+            )
+
+
+JobFunction = Callable[..., dict[str, Any] | None]
+
+
+def claim(db: Database, job_id: int) -> Job | None:
+    """Mark the job running for this worker. None if it already finished (nothing to do);
+    raises JobBusy if another worker is running it with a live heartbeat."""
+    now = datetime.now(UTC)
+    stale = now - timedelta(seconds=STALE_AFTER_S)
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        if job is None or job.state == JobState.succeeded.value:
+            return None
+        res = s.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                or_(
+                    Job.state.in_([JobState.pending.value, JobState.queued.value]),
+                    (Job.state == JobState.running.value)
+                    & or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale),
+                ),
+            )
+            .values(
+                state=JobState.running.value,
+                started_at=now,
+                heartbeat_at=now,
+                attempts=Job.attempts + 1,
+                error=None,
+            )
+        )
+        if res.rowcount == 0:  # type: ignore[attr-defined]
+            if job.state == JobState.failed.value:
+                return None
+            raise JobBusy(f"job {job_id} is running elsewhere")
+        s.refresh(job)
+        s.expunge(job)
+        return job
+
+
+def _heartbeat(db: Database, job_id: int, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_S):
+        try:
+            with db.session() as s:
+                s.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.state == JobState.running.value)
+                    .values(heartbeat_at=datetime.now(UTC))
+                )
+        except Exception:  # noqa: BLE001 - a missed beat is retried on the next tick
+            log.warning("heartbeat for job %s failed", job_id, exc_info=True)
+
+
+def run_job(
+    db: Database, store: BlobStore, settings: Settings, job_id: int, fn: JobFunction
+) -> dict[str, Any] | None:
+    """Run ``fn`` for job ``job_id``. Transient errors propagate (the shell retries); any other
+    error marks the job failed with its message and does not propagate."""
+    job = claim(db, job_id)
+    if job is None:
+        log.info("job %s already finished; nothing to do", job_id)
+        return None
+    ctx = JobContext(
+        db=db, store=store, settings=settings, job_id=job_id, project_id=job.project_id
+    )
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(db, job_id, stop), daemon=True)
+    beat.start()
+    try:
+        result = fn(ctx, **job.params)
+    except TRANSIENT:
+        _finish(db, job_id, JobState.queued, error=None, message="transient error; will retry")
+        raise
+    except Exception as exc:
+        log.exception("job %s (%s) failed", job_id, job.kind)
+        detail = f"{type(exc).__name__}: {exc}"
+        _finish(
+            db, job_id, JobState.failed, error=detail, message=traceback.format_exc(limit=3)[-2000:]
+        )
+        return None
+    finally:
+        stop.set()
+        beat.join(timeout=HEARTBEAT_S + 1)
+    _finish(db, job_id, JobState.succeeded, error=None, message="done", result=result or {})
+    return result
+
+
+def _finish(
+    db: Database,
+    job_id: int,
+    state: JobState,
+    *,
+    error: str | None,
+    message: str,
+    result: dict[str, Any] | None = None,
+) -> None:
+    values: dict[str, Any] = {"state": state.value, "error": error, "message": message}
+    if state in (JobState.succeeded, JobState.failed):
+        values["finished_at"] = datetime.now(UTC)
+    if state == JobState.succeeded:
+        values["progress"] = 1.0
+        values["result"] = result
+    with db.session() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(**values))

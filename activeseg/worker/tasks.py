@@ -1,0 +1,59 @@
+"""Celery task shells. Each is one line around a plain job function in ``activeseg.jobs``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task
+
+from activeseg.core.settings import get_settings
+from activeseg.jobs.runner import STALE_AFTER_S, TRANSIENT, JobBusy, JobFunction, run_job
+from activeseg.jobs.verify_storage import verify_storage
+from activeseg.worker import runtime
+from activeseg.worker.app import celery_app
+
+log = logging.getLogger(__name__)
+
+#: job kind -> Celery task name; the API dispatches by kind.
+TASK_NAMES: dict[str, str] = {}
+
+
+def job_task(kind: str) -> Callable[[JobFunction], Task]:
+    """The house decorator: name ``activeseg.<kind>``, retries with backoff on transient
+    errors only (database or broker unreachable), never on a bug or bad input."""
+
+    def decorate(fn: JobFunction) -> Task:
+        name = f"activeseg.{kind}"
+        TASK_NAMES[kind] = name
+
+        @celery_app.task(
+            name=name,
+            bind=True,
+            autoretry_for=TRANSIENT,
+            retry_backoff=2,
+            retry_backoff_max=60,
+            retry_jitter=True,
+            max_retries=8,
+        )
+        def shell(self: Task, job_id: int) -> dict[str, Any] | None:
+            try:
+                return run_job(runtime.database(), runtime.store(), get_settings(), job_id, fn)
+            except JobBusy as exc:
+                raise self.retry(exc=exc, countdown=STALE_AFTER_S, max_retries=20) from exc
+
+        return shell
+
+    return decorate
+
+
+verify_storage_task = job_task("verify_storage")(verify_storage)
+
+
+@celery_app.task(name="activeseg.maintenance")
+def maintenance() -> dict[str, int]:
+    """Periodic: dispatch jobs the broker never got (outbox) and revive jobs of dead workers."""
+    from activeseg.worker.dispatch import run_maintenance
+
+    return run_maintenance(runtime.database())
