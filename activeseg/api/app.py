@@ -18,11 +18,14 @@ from activeseg.core.storage import open_store
 log = logging.getLogger(__name__)
 
 
-def _default_dispatcher(db: Database) -> Callable[[int], bool]:
-    def dispatch(job_id: int) -> bool:
-        from activeseg.worker.dispatch import dispatch as send
+def _default_dispatcher(db: Database, settings: Settings) -> Callable[[int], bool]:
+    from activeseg.worker.app import make_celery
+    from activeseg.worker.dispatch import dispatch as send
 
-        return send(db, job_id)
+    celery = make_celery(settings)
+
+    def dispatch(job_id: int) -> bool:
+        return send(db, celery, job_id)
 
     return dispatch
 
@@ -40,7 +43,7 @@ def create_app(
     app.state.settings = settings
     app.state.db = Database(settings)
     app.state.store = open_store(settings.storage_url)
-    app.state.dispatch = dispatcher or _default_dispatcher(app.state.db)
+    app.state.dispatch = dispatcher or _default_dispatcher(app.state.db, settings)
     install_error_handlers(app)
 
     @app.middleware("http")

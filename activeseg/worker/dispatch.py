@@ -5,19 +5,19 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
+from celery import Celery
 from sqlalchemy import update
 
 from activeseg.core.db import Database
 from activeseg.core.services.jobs import mark_dispatched, undispatched
 from activeseg.core.tables import Job, JobState
 from activeseg.jobs.runner import STALE_AFTER_S
-from activeseg.worker.app import celery_app
-from activeseg.worker.tasks import TASK_NAMES
+from activeseg.worker.app import task_name
 
 log = logging.getLogger(__name__)
 
 
-def dispatch(db: Database, job_id: int) -> bool:
+def dispatch(db: Database, celery: Celery, job_id: int) -> bool:
     """Send job ``job_id`` to the broker. False (job left pending for the sweep) if the broker
     cannot be reached; the request that created the job still succeeds."""
     with db.session() as s:
@@ -27,7 +27,7 @@ def dispatch(db: Database, job_id: int) -> bool:
         kind, attempt = job.kind, job.attempts
     task_id = f"job-{job_id}-{attempt}-{datetime.now(UTC).timestamp():.0f}"
     try:
-        celery_app.send_task(TASK_NAMES[kind], args=[job_id], task_id=task_id)
+        celery.send_task(task_name(kind), args=[job_id], task_id=task_id)
     except Exception:  # noqa: BLE001 - any broker failure: leave it to the outbox sweep
         log.warning("broker unreachable; job %s stays pending", job_id, exc_info=True)
         return False
@@ -36,7 +36,7 @@ def dispatch(db: Database, job_id: int) -> bool:
     return True
 
 
-def run_maintenance(db: Database) -> dict[str, int]:
+def run_maintenance(db: Database, celery: Celery) -> dict[str, int]:
     """Dispatch the outbox, and return jobs whose worker died (stale heartbeat) to pending."""
     stale = datetime.now(UTC) - timedelta(seconds=STALE_AFTER_S * 3)
     with db.session() as s:
@@ -46,5 +46,5 @@ def run_maintenance(db: Database) -> dict[str, int]:
             .values(state=JobState.pending.value, message="worker lost; re-dispatched")
         ).rowcount  # type: ignore[attr-defined]
         pending = undispatched(s, older_than_s=2.0)
-    sent = sum(dispatch(db, job_id) for job_id in pending)
+    sent = sum(dispatch(db, celery, job_id) for job_id in pending)
     return {"revived": revived, "dispatched": sent}

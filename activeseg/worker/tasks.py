@@ -12,12 +12,9 @@ from activeseg.core.settings import get_settings
 from activeseg.jobs.runner import STALE_AFTER_S, TRANSIENT, JobBusy, JobFunction, run_job
 from activeseg.jobs.verify_storage import verify_storage
 from activeseg.worker import runtime
-from activeseg.worker.app import celery_app
+from activeseg.worker.app import celery_app, task_name
 
 log = logging.getLogger(__name__)
-
-#: job kind -> Celery task name; the API dispatches by kind.
-TASK_NAMES: dict[str, str] = {}
 
 
 def job_task(kind: str) -> Callable[[JobFunction], Task]:
@@ -25,11 +22,8 @@ def job_task(kind: str) -> Callable[[JobFunction], Task]:
     errors only (database or broker unreachable), never on a bug or bad input."""
 
     def decorate(fn: JobFunction) -> Task:
-        name = f"activeseg.{kind}"
-        TASK_NAMES[kind] = name
-
         @celery_app.task(
-            name=name,
+            name=task_name(kind),
             bind=True,
             autoretry_for=TRANSIENT,
             retry_backoff=2,
@@ -56,4 +50,4 @@ def maintenance() -> dict[str, int]:
     """Periodic: dispatch jobs the broker never got (outbox) and revive jobs of dead workers."""
     from activeseg.worker.dispatch import run_maintenance
 
-    return run_maintenance(runtime.database())
+    return run_maintenance(runtime.database(), celery_app)

@@ -1,0 +1,32 @@
+# Two commands for a fresh machine:
+#   make run    install, migrate, and serve the API with a worker on the embedded default
+#   make test   install, start PostgreSQL and Redis if needed, run the test suite
+.PHONY: run test install services lint bench help
+
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+help:
+	@echo "make run | make test | make lint | make bench"
+
+install:
+	./scripts/install.sh
+
+run: install
+	.venv/bin/activeseg serve --host $(HOST) --port $(PORT)
+
+services:
+	./scripts/services.sh
+
+test: install services
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	.venv/bin/ruff check activeseg tests benchmarks migrations
+	.venv/bin/ruff format --check activeseg tests benchmarks migrations
+	.venv/bin/mypy activeseg
+
+bench: install
+	.venv/bin/python benchmarks/uncertainty_throughput.py
+	.venv/bin/python benchmarks/model_speed.py

@@ -1,0 +1,130 @@
+"""Shared fixtures: real PostgreSQL and Redis, real HTTP to a real uvicorn server.
+
+The API suite runs once per database backend: SQLite (embedded default) and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import redis
+import uvicorn
+
+PG_ADMIN_DSN = os.environ.get("ACTIVESEG_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("ACTIVESEG_TEST_REDIS", "redis://127.0.0.1:6379")
+# Redis database numbers per backend, so workers of one never see the other's messages.
+REDIS_DB = {"sqlite": 14, "postgresql": 15}
+
+os.environ.setdefault("ACTIVESEG_ENVIRONMENT", "test")
+
+
+def pg_url(dbname: str) -> str:
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    return f"{base}/{dbname}"
+
+
+def fresh_pg_database(name: str) -> str:
+    """Drop and create database ``name``; return its SQLAlchemy URL."""
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return pg_url(name)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    """A running API server on one backend, with its settings and an admin token."""
+
+    backend: str
+    settings: object
+    env: dict[str, str]
+    base_url: str
+    admin_token: str
+    db: object
+    store: object
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=60)
+
+
+def stack_env(backend: str, data_dir: Path) -> dict[str, str]:
+    if backend == "sqlite":
+        db_url = f"sqlite:///{data_dir / 'activeseg.db'}"
+    else:
+        db_url = fresh_pg_database(f"activeseg_test_{os.getpid()}")
+    broker = f"{REDIS_URL}/{REDIS_DB[backend]}"
+    redis.Redis.from_url(broker).flushdb()
+    return {
+        "ACTIVESEG_ENVIRONMENT": "test",
+        "ACTIVESEG_DATA_DIR": str(data_dir),
+        "ACTIVESEG_DATABASE_URL": db_url,
+        "ACTIVESEG_BROKER_URL": broker,
+        "ACTIVESEG_STORAGE_URL": f"file://{data_dir / 'blobs'}",
+        "ACTIVESEG_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024),
+        "ACTIVESEG_MAX_IMAGE_PIXELS": str(1_000_000),
+        "ACTIVESEG_MAX_IMAGES_PER_UPLOAD": "20",
+    }
+
+
+def start_server(app: object) -> tuple[uvicorn.Server, threading.Thread, str]:
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    from activeseg.api.app import create_app
+    from activeseg.core.migrate import upgrade
+    from activeseg.core.services import auth
+    from activeseg.core.settings import Settings
+
+    backend = request.param
+    env = stack_env(backend, tmp_path_factory.mktemp(backend))
+    settings = Settings(**{k.removeprefix("ACTIVESEG_").lower(): v for k, v in env.items()})
+    upgrade(settings.database_url)
+    app = create_app(settings)
+    with app.state.db.session() as s:
+        admin = auth.create_user(s, f"admin-{backend}", "admin")
+        _, token = auth.create_token(s, admin)
+    server, thread, url = start_server(app)
+    yield Stack(backend, settings, env, url, token, app.state.db, app.state.store)
+    server.should_exit = True
+    thread.join(timeout=10)
+    app.state.db.dispose()
+
+
+@pytest.fixture
+def admin(stack: Stack) -> Iterator[httpx.Client]:
+    with stack.client(stack.admin_token) as c:
+        yield c

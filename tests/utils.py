@@ -1,0 +1,61 @@
+"""Factories for tests: users, projects, images and masks made by hand."""
+
+from __future__ import annotations
+
+import io
+import itertools
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+_counter = itertools.count()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{next(_counter)}-{np.random.default_rng().integers(1 << 30)}"
+
+
+def make_user(admin: httpx.Client, role: str) -> tuple[int, str]:
+    r = admin.post("/users", json={"name": unique(role), "role": role})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    return body["user"]["id"], body["secret"]
+
+
+def make_project(client: httpx.Client, n_classes: int = 3, **settings: Any) -> dict[str, Any]:
+    classes = [
+        {"id": i, "name": f"class{i}", "colour": f"#{i * 40:02x}8000"} for i in range(n_classes)
+    ]
+    r = client.post(
+        "/projects", json={"name": unique("proj"), "classes": classes, "settings": settings}
+    )
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def png_bytes(arr: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode=mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def image_bytes(
+    h: int = 32, w: int = 48, seed: int = 0, fmt: str = "PNG", rgb: bool = True
+) -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, size=(h, w, 3) if rgb else (h, w), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def upload(
+    client: httpx.Client, project_id: int, *files: tuple[str, bytes], **form: str
+) -> httpx.Response:
+    return client.post(
+        f"/projects/{project_id}/images",
+        files=[("files", (name, data, "application/octet-stream")) for name, data in files],
+        data=form,
+    )

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Stack
+
+
+def start_worker(
+    stack: Stack, log: Path, name: str, concurrency: int = 1
+) -> subprocess.Popen[bytes]:
+    """A real Celery worker process on the stack's broker, database and blob folder."""
+    env = {**os.environ, **stack.env}
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "activeseg.worker.app",
+        "worker",
+        "--loglevel",
+        "INFO",
+        "--concurrency",
+        str(concurrency),
+        "-Q",
+        "activeseg",
+        "--hostname",
+        f"{name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    return subprocess.Popen(
+        cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def worker(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(name: str = "w1", concurrency: int = 1) -> subprocess.Popen[bytes]:
+        proc = start_worker(stack, tmp_path / f"{name}.log", name, concurrency)
+        procs.append(proc)
+        return proc
+
+    yield spawn
+    for p in procs:
+        stop(p)
+
+
+def wait_job(
+    client: httpx.Client,
+    job_id: int,
+    states: tuple[str, ...] = ("succeeded",),
+    timeout: float = 90.0,
+) -> dict:  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job  # type: ignore[no-any-return]
+        if job["state"] == "failed" and "failed" not in states:
+            raise AssertionError(f"job failed: {job['error']}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} still {job['state']} after {timeout}s: {job}")
+        time.sleep(0.2)
