@@ -69,12 +69,15 @@ class ModelSettings(BaseModel):
     depth: int = Field(default=4, ge=1, le=6)
     base_channels: int = Field(default=16, ge=4, le=128)
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
-    epochs: int = Field(default=30, ge=1, le=10_000)
+    epochs: int = Field(default=40, ge=1, le=10_000)
+    max_steps: int | None = Field(default=None, ge=1, description="optimiser steps per member")
     batch_size: int = Field(default=8, ge=1, le=512)
+    patch_size: int = Field(default=128, ge=8, le=4096)
     lr: float = Field(default=1e-3, gt=0, le=1)
+    weight_decay: float = Field(default=1e-4, ge=0, le=1)
     class_weighted: bool = False
     augment: bool = True
-    patience: int = Field(default=5, ge=1)
+    patience: int | None = Field(default=10, ge=1)
     warm_start: bool = True
     seed: int = 0
 

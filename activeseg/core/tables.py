@@ -89,6 +89,7 @@ class JobState(enum.StrEnum):
     pending = "pending"  # row committed, not yet handed to the broker (outbox)
     queued = "queued"
     running = "running"
+    waiting = "waiting"  # fanned out into child jobs; the last child to finish completes it
     succeeded = "succeeded"
     failed = "failed"
 
@@ -287,7 +288,11 @@ class RegionScore(Base):
 
 class Round(Base):
     __tablename__ = "rounds"
-    __table_args__ = (UniqueConstraint("project_id", "number", name="uq_rounds_project_number"),)
+    __table_args__ = (
+        UniqueConstraint("project_id", "number", name="uq_rounds_project_number"),
+        # A redelivered build_queue job finds its round instead of opening another.
+        UniqueConstraint("job_id", name="uq_rounds_job_id"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     number: Mapped[int] = mapped_column(Integer)
@@ -298,6 +303,8 @@ class Round(Base):
     strategy: Mapped[str] = mapped_column(String(20))
     n_tasks: Mapped[int] = mapped_column(Integer, default=0)
     labelled_pixels: Mapped[int] = mapped_column(BigInteger, default=0)
+    labelled_regions: Mapped[int] = mapped_column(Integer, default=0)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -380,3 +387,8 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), index=True
+    )
+    children_total: Mapped[int] = mapped_column(Integer, default=0)
+    children_done: Mapped[int] = mapped_column(Integer, default=0)

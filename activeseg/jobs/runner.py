@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, update
+from sqlalchemy import case, or_, update
 from sqlalchemy.exc import OperationalError
 
 from activeseg.core.db import Database
+from activeseg.core.services.jobs import request_job
 from activeseg.core.settings import Settings
 from activeseg.core.storage import BlobStore
 from activeseg.core.tables import Job, JobState
@@ -38,6 +39,18 @@ class TransientError(Exception):
 TRANSIENT = (OperationalError, ConnectionError, TimeoutError, TransientError)
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """Returned by a job that fanned out into ``children`` child jobs: it stays ``waiting``
+    and the last child to finish completes it (a chord kept in the database, so it works on
+    every broker and survives worker restarts)."""
+
+    children: int
+
+
+Dispatcher = Callable[[int], bool]
+
+
 @dataclass
 class JobContext:
     db: Database
@@ -45,7 +58,29 @@ class JobContext:
     settings: Settings
     job_id: int
     project_id: int | None
+    dispatch: Dispatcher
     _last_write: float = field(default=0.0)
+
+    def enqueue(
+        self,
+        kind: str,
+        params: dict[str, Any],
+        request_id: str,
+        *,
+        child: bool = False,
+        dispatch: bool = True,
+    ) -> int:
+        """Create (or find, by ``request_id``) a follow-up job and dispatch it after commit."""
+        with self.db.session() as s:
+            job, _ = request_job(
+                s, project_id=self.project_id, kind=kind, params=params, request_id=request_id
+            )
+            if child and job.parent_id is None:
+                job.parent_id = self.job_id
+            job_id, state = job.id, job.state
+        if dispatch and state == JobState.pending.value:
+            self.dispatch(job_id)
+        return job_id
 
     def progress(self, fraction: float, message: str = "", force: bool = False) -> None:
         """Record progress (0..1). Throttled to one write per second unless ``force``."""
@@ -65,7 +100,7 @@ class JobContext:
             )
 
 
-JobFunction = Callable[..., dict[str, Any] | None]
+JobFunction = Callable[..., dict[str, Any] | Waiting | None]
 
 
 def claim(db: Database, job_id: int) -> Job | None:
@@ -118,7 +153,12 @@ def _heartbeat(db: Database, job_id: int, stop: threading.Event) -> None:
 
 
 def run_job(
-    db: Database, store: BlobStore, settings: Settings, job_id: int, fn: JobFunction
+    db: Database,
+    store: BlobStore,
+    settings: Settings,
+    job_id: int,
+    fn: JobFunction,
+    dispatch: Dispatcher,
 ) -> dict[str, Any] | None:
     """Run ``fn`` for job ``job_id``. Transient errors propagate (the shell retries); any other
     error marks the job failed with its message and does not propagate."""
@@ -127,13 +167,19 @@ def run_job(
         log.info("job %s already finished; nothing to do", job_id)
         return None
     ctx = JobContext(
-        db=db, store=store, settings=settings, job_id=job_id, project_id=job.project_id
+        db=db,
+        store=store,
+        settings=settings,
+        job_id=job_id,
+        project_id=job.project_id,
+        dispatch=dispatch,
     )
+    params = {k: v for k, v in job.params.items() if k != "then"}
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(db, job_id, stop), daemon=True)
     beat.start()
     try:
-        result = fn(ctx, **job.params)
+        result = fn(ctx, **params)
     except TRANSIENT:
         _finish(db, job_id, JobState.queued, error=None, message="transient error; will retry")
         raise
@@ -147,8 +193,77 @@ def run_job(
     finally:
         stop.set()
         beat.join(timeout=HEARTBEAT_S + 1)
+    if isinstance(result, Waiting):
+        with db.session() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(
+                    state=JobState.waiting.value,
+                    children_total=result.children,
+                    message=f"waiting for {result.children} parts",
+                )
+            )
+        _complete_parent_if_done(ctx, job_id)  # children may all have finished already
+        return None
     _finish(db, job_id, JobState.succeeded, error=None, message="done", result=result or {})
+    _after_success(ctx, job_id)
     return result
+
+
+def _after_success(ctx: JobContext, job_id: int) -> None:
+    """Start the next job of a chain (``params["then"]``), and tell a waiting parent."""
+    with ctx.db.session() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        then, parent_id = list(job.params.get("then") or []), job.parent_id
+    if then:
+        nxt = dict(then[0])
+        params = dict(nxt.get("params") or {})
+        if then[1:]:
+            params["then"] = then[1:]
+        ctx.enqueue(nxt["kind"], params, request_id=f"after-{job_id}")
+    if parent_id is not None:
+        with ctx.db.session() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == parent_id)
+                .values(
+                    children_done=Job.children_done + 1,
+                    progress=case(
+                        (
+                            Job.children_total > 0,
+                            (Job.children_done + 1) * 1.0 / Job.children_total,
+                        ),
+                        else_=Job.progress,
+                    ),
+                    heartbeat_at=datetime.now(UTC),
+                )
+            )
+        _complete_parent_if_done(ctx, parent_id)
+
+
+def _complete_parent_if_done(ctx: JobContext, parent_id: int) -> None:
+    with ctx.db.session() as s:
+        # Exactly one caller wins this update, so the parent's chain starts once.
+        res = s.execute(
+            update(Job)
+            .where(
+                Job.id == parent_id,
+                Job.state == JobState.waiting.value,
+                Job.children_total > 0,
+                Job.children_done >= Job.children_total,
+            )
+            .values(
+                state=JobState.succeeded.value,
+                progress=1.0,
+                message="done",
+                finished_at=datetime.now(UTC),
+            )
+        )
+        won = res.rowcount == 1  # type: ignore[attr-defined]
+    if won:
+        _after_success(ctx, parent_id)
 
 
 def _finish(

@@ -10,6 +10,7 @@ from sqlalchemy import update
 
 from activeseg.core.db import Database
 from activeseg.core.services.jobs import mark_dispatched, undispatched
+from activeseg.core.services.tasks import expire_leases
 from activeseg.core.tables import Job, JobState
 from activeseg.jobs.runner import STALE_AFTER_S
 from activeseg.worker.app import task_name
@@ -46,5 +47,6 @@ def run_maintenance(db: Database, celery: Celery) -> dict[str, int]:
             .values(state=JobState.pending.value, message="worker lost; re-dispatched")
         ).rowcount  # type: ignore[attr-defined]
         pending = undispatched(s, older_than_s=2.0)
+        expired = expire_leases(s)
     sent = sum(dispatch(db, celery, job_id) for job_id in pending)
-    return {"revived": revived, "dispatched": sent}
+    return {"revived": revived, "dispatched": sent, "leases_expired": expired}

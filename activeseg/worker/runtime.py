@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 from activeseg.core.db import Database
@@ -23,3 +24,12 @@ def reset_after_fork() -> None:
     if database.cache_info().currsize:
         database().engine.dispose(close=False)
     database.cache_clear()
+
+
+def dispatcher() -> Callable[[int], bool]:
+    """Dispatch follow-up jobs through this worker's own Celery app."""
+    from activeseg.worker.app import celery_app
+    from activeseg.worker.dispatch import dispatch
+
+    db = database()
+    return lambda job_id: dispatch(db, celery_app, job_id)

@@ -9,8 +9,8 @@ from typing import Any
 from celery import Task
 
 from activeseg.core.settings import get_settings
+from activeseg.jobs.registry import JOB_FUNCTIONS
 from activeseg.jobs.runner import STALE_AFTER_S, TRANSIENT, JobBusy, JobFunction, run_job
-from activeseg.jobs.verify_storage import verify_storage
 from activeseg.worker import runtime
 from activeseg.worker.app import celery_app, task_name
 
@@ -33,7 +33,14 @@ def job_task(kind: str) -> Callable[[JobFunction], Task]:
         )
         def shell(self: Task, job_id: int) -> dict[str, Any] | None:
             try:
-                return run_job(runtime.database(), runtime.store(), get_settings(), job_id, fn)
+                return run_job(
+                    runtime.database(),
+                    runtime.store(),
+                    get_settings(),
+                    job_id,
+                    fn,
+                    runtime.dispatcher(),
+                )
             except JobBusy as exc:
                 raise self.retry(exc=exc, countdown=STALE_AFTER_S, max_retries=20) from exc
 
@@ -42,7 +49,7 @@ def job_task(kind: str) -> Callable[[JobFunction], Task]:
     return decorate
 
 
-verify_storage_task = job_task("verify_storage")(verify_storage)
+SHELLS = {kind: job_task(kind)(fn) for kind, fn in JOB_FUNCTIONS.items()}
 
 
 @celery_app.task(name="activeseg.maintenance")

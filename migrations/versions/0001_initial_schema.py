@@ -2,13 +2,14 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-29 06:41:18.176385
+Create Date: 2026-11-29 06:51:02.705732
 """
 
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -112,8 +113,14 @@ def upgrade() -> None:
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("parent_id", sa.Integer(), nullable=True),
+        sa.Column("children_total", sa.Integer(), nullable=False),
+        sa.Column("children_done", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
             ["created_by"], ["users.id"], name=op.f("fk_jobs_created_by_users"), ondelete="SET NULL"
+        ),
+        sa.ForeignKeyConstraint(
+            ["parent_id"], ["jobs.id"], name=op.f("fk_jobs_parent_id_jobs"), ondelete="CASCADE"
         ),
         sa.ForeignKeyConstraint(
             ["project_id"],
@@ -127,6 +134,7 @@ def upgrade() -> None:
         ),
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_jobs_parent_id"), ["parent_id"], unique=False)
         batch_op.create_index("ix_jobs_project_state", ["project_id", "state"], unique=False)
 
     op.create_table(
@@ -275,7 +283,12 @@ def upgrade() -> None:
         sa.Column("strategy", sa.String(length=20), nullable=False),
         sa.Column("n_tasks", sa.Integer(), nullable=False),
         sa.Column("labelled_pixels", sa.BigInteger(), nullable=False),
+        sa.Column("labelled_regions", sa.Integer(), nullable=False),
+        sa.Column("job_id", sa.Integer(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["job_id"], ["jobs.id"], name=op.f("fk_rounds_job_id_jobs"), ondelete="SET NULL"
+        ),
         sa.ForeignKeyConstraint(
             ["model_version_id"],
             ["model_versions.id"],
@@ -289,6 +302,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_rounds")),
+        sa.UniqueConstraint("job_id", name="uq_rounds_job_id"),
         sa.UniqueConstraint("project_id", "number", name="uq_rounds_project_number"),
     )
     op.create_table(
@@ -448,6 +462,7 @@ def downgrade() -> None:
     op.drop_table("project_members")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_index("ix_jobs_project_state")
+        batch_op.drop_index(batch_op.f("ix_jobs_parent_id"))
 
     op.drop_table("jobs")
     with op.batch_alter_table("images", schema=None) as batch_op:

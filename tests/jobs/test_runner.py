@@ -14,6 +14,10 @@ from activeseg.jobs.runner import JobBusy, JobContext, claim, run_job
 from tests.conftest import Stack
 
 
+def no_dispatch(job_id: int) -> bool:
+    raise AssertionError(f"job {job_id} should not start a follow-up")
+
+
 def new_job(stack: Stack, params: dict[str, Any] | None = None) -> int:
     with stack.db.session() as s:  # type: ignore[attr-defined]
         job, created = request_job(
@@ -41,7 +45,7 @@ def test_success_records_result_and_progress(stack: Stack) -> None:
         assert job_row(stack, jid).progress == 0.5
         return {"echo": n}
 
-    result = run_job(stack.db, stack.store, stack.settings, jid, fn)  # type: ignore[arg-type]
+    result = run_job(stack.db, stack.store, stack.settings, jid, fn, no_dispatch)  # type: ignore[arg-type]
     job = job_row(stack, jid)
     assert (job.state, job.progress, job.attempts) == ("succeeded", 1.0, 1)
     assert job.result == result and result is not None and "echo" in result
@@ -53,6 +57,7 @@ def test_success_records_result_and_progress(stack: Stack) -> None:
             stack.settings,
             jid,  # type: ignore[arg-type]
             lambda ctx, n: pytest.fail("ran twice"),
+            no_dispatch,
         )
         is None
     )
@@ -64,7 +69,7 @@ def test_failure_keeps_the_error_and_can_be_retried(stack: Stack) -> None:
     def boom(ctx: JobContext, n: str) -> None:
         raise ValueError("the model config is wrong")
 
-    run_job(stack.db, stack.store, stack.settings, jid, boom)  # type: ignore[arg-type]
+    run_job(stack.db, stack.store, stack.settings, jid, boom, no_dispatch)  # type: ignore[arg-type]
     job = job_row(stack, jid)
     assert job.state == "failed" and job.error == "ValueError: the model config is wrong"
 
@@ -93,5 +98,5 @@ def test_heartbeat_runs_while_the_job_works(stack: Stack, monkeypatch: pytest.Mo
         done.wait(0.4)
         seen.extend([first, job_row(stack, jid).heartbeat_at])
 
-    run_job(stack.db, stack.store, stack.settings, jid, slow)  # type: ignore[arg-type]
+    run_job(stack.db, stack.store, stack.settings, jid, slow, no_dispatch)  # type: ignore[arg-type]
     assert seen[1] > seen[0]

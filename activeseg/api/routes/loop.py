@@ -1,0 +1,231 @@
+"""The active-learning loop: retrain, score, rounds, model versions, heatmaps."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Query, Request, Response, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from activeseg.api.deps import CurrentUser, DbDep, Engineer, StoreDep
+from activeseg.api.routes.jobs import start_job
+from activeseg.api.schemas import JobPublic, Page
+from activeseg.core.errors import NotFound
+from activeseg.core.imaging import decode_image, encode_png
+from activeseg.core.render import colourise, heat_colours, overlay
+from activeseg.core.services import auth, images, jobs, models
+from activeseg.core.tables import ImageScore, ModelVersion, Project
+from activeseg.jobs.score_pool import decode_heatmaps
+
+router = APIRouter(tags=["active learning"])
+
+
+class RetrainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request_id: str | None = Field(default=None, max_length=200)
+    from_scratch: bool = False
+    activate: bool | None = Field(default=None, description="default: project's auto_activate")
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request_id: str | None = Field(default=None, max_length=200)
+    model_version_id: int | None = None
+
+
+class RoundRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request_id: str | None = Field(default=None, max_length=200)
+    strategy: str | None = Field(default=None, pattern="^(top_k|random|power|softmax|softrank)$")
+
+
+class ModelPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    project_id: int
+    version: int
+    state: str
+    config: dict[str, Any]
+    temperature: float | None
+    metrics: dict[str, Any]
+    labelled_pixels: int
+    parent_id: int | None
+    job_id: int | None
+    active: bool = False
+
+
+def _request(
+    request: Request,
+    db: Any,
+    user: Any,
+    project_id: int,
+    kind: str,
+    params: dict[str, Any],
+    request_id: str | None,
+) -> JobPublic:
+    with db.session() as s:
+        auth.get_project_for(s, user, project_id)
+        job, created = jobs.request_job(
+            s, project_id=project_id, kind=kind, params=params, request_id=request_id, user=user
+        )
+    return start_job(request, job, created)
+
+
+@router.post(
+    "/projects/{project_id}/retrain", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED
+)
+def retrain(
+    project_id: int, body: RetrainRequest, user: Engineer, db: DbDep, request: Request
+) -> JobPublic:
+    """Train a new model version on the current labels; when it is activated the pool is
+    re-scored and a new queue built."""
+    params: dict[str, Any] = {"from_scratch": body.from_scratch, "activate": body.activate}
+    return _request(request, db, user, project_id, "retrain", params, body.request_id)
+
+
+@router.post(
+    "/projects/{project_id}/score", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED
+)
+def score(
+    project_id: int, body: ScoreRequest, user: Engineer, db: DbDep, request: Request
+) -> JobPublic:
+    """Score the unlabelled pool with a model version (default: the active one)."""
+    with db.session() as s:
+        project = auth.get_project_for(s, user, project_id)
+        mv_id = body.model_version_id or project.active_model_id
+        if mv_id is None:
+            raise NotFound("this project has no model version yet; POST /retrain first")
+        _check_version(s, project, mv_id)
+    return _request(
+        request, db, user, project_id, "score_pool", {"model_version_id": mv_id}, body.request_id
+    )
+
+
+def _check_version(s: Any, project: Project, mv_id: int) -> None:
+    mv = s.get(ModelVersion, mv_id)
+    if mv is None or mv.project_id != project.id:
+        raise NotFound(f"model version {mv_id} is not a version of project {project.id}")
+
+
+@router.post(
+    "/projects/{project_id}/rounds", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED
+)
+def new_round(
+    project_id: int, body: RoundRequest, user: Engineer, db: DbDep, request: Request
+) -> JobPublic:
+    """Score the pool with the active model, then queue the next batch of regions. Without
+    a model (day one) the batch is drawn at random so annotation can start."""
+    with db.session() as s:
+        project = auth.get_project_for(s, user, project_id)
+        mv_id = project.active_model_id
+    queue_params: dict[str, Any] = {"model_version_id": mv_id, "strategy": body.strategy}
+    if mv_id is None:
+        return _request(request, db, user, project_id, "build_queue", queue_params, body.request_id)
+    params = {"model_version_id": mv_id, "then": [{"kind": "build_queue", "params": queue_params}]}
+    return _request(request, db, user, project_id, "score_pool", params, body.request_id)
+
+
+@router.get("/projects/{project_id}/models", response_model=Page[ModelPublic])
+def list_models(project_id: int, user: CurrentUser, db: DbDep) -> Page[ModelPublic]:
+    with db.session() as s:
+        project = auth.get_project_for(s, user, project_id)
+        rows = models.list_models(s, project_id)
+        data = [
+            ModelPublic.model_validate(m).model_copy(
+                update={"active": m.id == project.active_model_id}
+            )
+            for m in rows
+        ]
+    return Page(data=data, count=len(data))
+
+
+@router.get("/models/{model_id}", response_model=ModelPublic)
+def get_model(model_id: int, user: CurrentUser, db: DbDep) -> ModelPublic:
+    with db.session() as s:
+        mv = models.get_model_for(s, user, model_id)
+        project = s.get(Project, mv.project_id)
+        assert project is not None
+        return ModelPublic.model_validate(mv).model_copy(
+            update={"active": project.active_model_id == mv.id}
+        )
+
+
+@router.post("/models/{model_id}/activate", response_model=ModelPublic)
+def activate_model(model_id: int, user: Engineer, db: DbDep) -> ModelPublic:
+    with db.session() as s:
+        mv = models.get_model_for(s, user, model_id)
+        models.activate(s, mv)
+        return ModelPublic.model_validate(mv).model_copy(update={"active": True})
+
+
+def _latest_scores(s: Any, image_id: int, project: Project) -> ImageScore | None:
+    from sqlalchemy import select
+
+    if project.active_model_id is None:
+        return None
+    return s.scalar(
+        select(ImageScore)
+        .where(
+            ImageScore.image_id == image_id, ImageScore.model_version_id == project.active_model_id
+        )
+        .limit(1)
+    )
+
+
+@router.get(
+    "/images/{image_id}/uncertainty.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+def uncertainty_png(
+    image_id: int,
+    user: CurrentUser,
+    db: DbDep,
+    store: StoreDep,
+    measure: Annotated[str, Query(max_length=40)] = "entropy",
+    overlay_image: Annotated[bool, Query(alias="overlay")] = False,
+) -> Response:
+    """The active model's uncertainty heatmap of the image (inferno colours, bright = unsure),
+    optionally blended over the image."""
+    with db.session() as s:
+        image = images.get_image_for(s, user, image_id)
+        project = s.get(Project, image.project_id)
+        assert project is not None
+        row = _latest_scores(s, image_id, project)
+    if row is None:
+        raise NotFound(f"image {image_id} has not been scored by the active model yet")
+    maps = decode_heatmaps(store.get(row.heatmap_key))
+    if measure not in maps or measure == "prediction":
+        known = sorted(k for k in maps if k != "prediction")
+        raise NotFound(f"measure {measure!r} was not computed; available: {', '.join(known)}")
+    rgb = heat_colours(maps[measure].astype(np.float32))
+    if overlay_image:
+        rgb = overlay(decode_image(store.get(image.blob_key)), rgb, alpha=0.55)
+    return Response(encode_png(rgb), media_type="image/png")
+
+
+@router.get(
+    "/images/{image_id}/prediction.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+def prediction_png(
+    image_id: int,
+    user: CurrentUser,
+    db: DbDep,
+    store: StoreDep,
+    raw: Annotated[bool, Query(description="index PNG of class ids instead of colours")] = False,
+) -> Response:
+    """The active model's predicted class per pixel, in class colours (or raw class ids)."""
+    with db.session() as s:
+        image = images.get_image_for(s, user, image_id)
+        project = s.get(Project, image.project_id)
+        assert project is not None
+        row = _latest_scores(s, image_id, project)
+        classes = list(project.classes)
+    if row is None:
+        raise NotFound(f"image {image_id} has not been scored by the active model yet")
+    prediction = decode_heatmaps(store.get(row.heatmap_key))["prediction"].astype(np.uint8)
+    body = encode_png(prediction if raw else colourise(prediction, classes))
+    return Response(body, media_type="image/png")

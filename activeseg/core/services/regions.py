@@ -1,0 +1,67 @@
+"""Region maps (SLIC superpixels or grid tiles): computed once per image and stored."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from activeseg.core.imaging import decode_image
+from activeseg.core.storage import BlobStore
+from activeseg.core.tables import Image, RegionSet
+from activeseg.uncertainty.regions import RegionMap, grid_regions, region_stats, slic_regions
+
+
+def compute_region_map(image: np.ndarray, kind: str, size: int) -> RegionMap:
+    """``image`` uint8 [H, W] or [H, W, 3] -> its region map; ``size`` is the tile side or the
+    target side of a superpixel."""
+    if kind == "grid":
+        return grid_regions(image.shape[0], image.shape[1], size)
+    return slic_regions(image, region_size=size)
+
+
+def encode_region_map(regions: RegionMap) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, labels=regions.labels)
+    return buf.getvalue()
+
+
+def decode_region_map(data: bytes) -> RegionMap:
+    with np.load(io.BytesIO(data)) as npz:
+        return region_stats(npz["labels"].astype(np.int32))
+
+
+def region_set(
+    session: Session, store: BlobStore, image: Image, kind: str, size: int
+) -> tuple[RegionSet, RegionMap]:
+    """The stored region map of ``image``, computing and storing it on first use.
+
+    Two workers racing on one image compute the same map (SLIC is deterministic); the unique
+    constraint keeps one row and the loser reads the winner's.
+    """
+    row = session.scalar(
+        select(RegionSet).where(
+            RegionSet.image_id == image.id, RegionSet.kind == kind, RegionSet.size == size
+        )
+    )
+    if row is not None:
+        return row, decode_region_map(store.get(row.blob_key))
+    regions = compute_region_map(decode_image(store.get(image.blob_key)), kind, size)
+    key = store.put(encode_region_map(regions))
+    row = RegionSet(
+        image_id=image.id, kind=kind, size=size, n_regions=regions.n_regions, blob_key=key
+    )
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        row = session.scalar(
+            select(RegionSet).where(
+                RegionSet.image_id == image.id, RegionSet.kind == kind, RegionSet.size == size
+            )
+        )
+        assert row is not None
+    return row, regions

@@ -1,0 +1,267 @@
+"""Annotation tasks: leasing (atomic), heartbeat, release, skip, submit, expiry.
+
+This is where a task is leased: :func:`lease_next`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from activeseg.core.errors import Conflict, Invalid, NotFound
+from activeseg.core.imaging import check_mask_values
+from activeseg.core.services import labels
+from activeseg.core.services.regions import region_set
+from activeseg.core.storage import BlobStore
+from activeseg.core.tables import Image, LabelRevision, Project, Task, TaskState, User
+from activeseg.uncertainty.regions import RegionMap
+
+QUEUED, LEASED = TaskState.queued.value, TaskState.leased.value
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def expire_leases(session: Session, project_id: int | None = None, limit: int = 500) -> int:
+    """Return lapsed leases to the queue (also run periodically by the maintenance job)."""
+    now = _now()
+    lapsed = select(Task.id).where(Task.state == LEASED, Task.lease_expires_at < now)
+    if project_id is not None:
+        lapsed = lapsed.where(Task.project_id == project_id)
+    lapsed = lapsed.limit(limit)
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        lapsed = lapsed.with_for_update(skip_locked=True)
+    ids = list(session.scalars(lapsed))
+    if not ids:
+        return 0
+    session.execute(
+        update(Task)
+        .where(Task.id.in_(ids), Task.state == LEASED)
+        .values(state=QUEUED, leased_by=None, leased_at=None, lease_expires_at=None)
+    )
+    return len(ids)
+
+
+def lease_next(session: Session, project: Project, user: User, lease_seconds: int) -> Task | None:
+    """Lease the highest-priority queued task of ``project`` to ``user``, atomically.
+
+    PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED`` over the partial index ``ix_tasks_queue``
+    (a backward scan for ``priority DESC, id DESC``), so concurrent annotators never wait on
+    or receive the same row. SQLite: the session began with ``BEGIN IMMEDIATE``, so the
+    select-then-update runs under the database write lock and is atomic too.
+    """
+    expire_leases(session, project.id)
+    pick = (
+        select(Task)
+        .where(Task.project_id == project.id, Task.state == QUEUED)
+        .order_by(Task.priority.desc(), Task.id.desc())
+        .limit(1)
+    )
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    task = session.scalar(pick)
+    if task is None:
+        return None
+    now = _now()
+    task.state = LEASED
+    task.leased_by = user.id
+    task.leased_at = now
+    task.lease_expires_at = now + timedelta(seconds=lease_seconds)
+    task.lease_count += 1
+    session.flush()
+    return task
+
+
+def get_task_for(session: Session, task_id: int, lock: bool = False) -> Task:
+    query = select(Task).where(Task.id == task_id)
+    if lock:
+        query = query.with_for_update()
+    task = session.scalar(query)
+    if task is None:
+        raise NotFound(f"task {task_id} not found")
+    return task
+
+
+def _own_live_lease(task: Task, user: User) -> None:
+    if task.state != LEASED or task.leased_by != user.id:
+        raise Conflict(f"task {task.id} is not leased to you (it is {task.state})")
+    assert task.lease_expires_at is not None
+    if task.lease_expires_at < _now():
+        raise Conflict(f"your lease on task {task.id} has expired; pull a new task")
+
+
+def heartbeat(session: Session, task: Task, user: User, lease_seconds: int) -> Task:
+    _own_live_lease(task, user)
+    task.lease_expires_at = _now() + timedelta(seconds=lease_seconds)
+    return task
+
+
+def release(session: Session, task: Task, user: User) -> Task:
+    _own_live_lease(task, user)
+    task.state, task.leased_by, task.leased_at, task.lease_expires_at = QUEUED, None, None, None
+    return task
+
+
+def skip(session: Session, task: Task, user: User, reason: str) -> Task:
+    """A region that cannot be labelled (unclear, not this project) leaves the queue."""
+    _own_live_lease(task, user)
+    task.state = TaskState.skipped.value
+    task.skip_reason = reason
+    task.submitted_by = user.id
+    task.submitted_at = _now()
+    return task
+
+
+def _may_submit(task: Task, user: User) -> None:
+    """A live own lease may submit; so may a lapsed one if nobody else has taken the task."""
+    if task.state == LEASED and task.leased_by == user.id:
+        return
+    if task.state == QUEUED and task.leased_by is None and task.lease_count > 0:
+        # The lease lapsed and the task went back to the queue, but nobody took it since:
+        # the late work is accepted rather than thrown away.
+        return
+    raise Conflict(
+        f"task {task.id} is {task.state}"
+        + (" by someone else" if task.state == LEASED else "")
+        + "; your submission was not stored"
+    )
+
+
+@dataclass(frozen=True)
+class Submission:
+    region_classes: dict[int, int] | None = None  # region id -> class id (fast path)
+    patch: np.ndarray | None = None  # uint8 [h, w] over the task's bounding box, 255 = none
+    idempotency_key: str | None = None
+
+
+def task_bbox(regions: RegionMap, ids: list[int]) -> tuple[int, int, int, int]:
+    boxes = regions.bboxes[ids]
+    return (
+        int(boxes[:, 0].min()),
+        int(boxes[:, 1].min()),
+        int(boxes[:, 2].max()),
+        int(boxes[:, 3].max()),
+    )
+
+
+def submit(
+    session: Session,
+    store: BlobStore,
+    project: Project,
+    task: Task,
+    user: User,
+    sub: Submission,
+) -> tuple[LabelRevision, bool]:
+    """Store the answer as a new label revision of the image. Returns ``(revision, created)``;
+    the same idempotency key returns the first revision and stores nothing."""
+    if sub.idempotency_key:
+        key = f"task:{task.id}:{sub.idempotency_key}"
+        done = session.scalar(select(LabelRevision).where(LabelRevision.idempotency_key == key))
+        if done is not None:
+            return done, False
+    else:
+        key = None
+    _may_submit(task, user)
+    image = session.get(Image, task.image_id)
+    assert image is not None
+    _, regions = region_set(session, store, image, task.region_kind, task.region_size)
+    ids = [int(r) for r in task.regions]
+    n_classes = len(project.classes)
+    mask = labels.current_mask(session, store, image).copy()
+    if (sub.region_classes is None) == (sub.patch is None):
+        raise Invalid("send either 'classes' (one class per region) or a mask 'patch', not both")
+    if sub.region_classes is not None:
+        if set(sub.region_classes) != set(ids):
+            raise Invalid(
+                f"give one class for each region of the task: {sorted(ids)}; got "
+                f"{sorted(sub.region_classes)}"
+            )
+        table = np.full(regions.n_regions, 255, np.int32)
+        for region, cls in sub.region_classes.items():
+            if not 0 <= cls < n_classes:
+                raise Invalid(f"class {cls} is not a class of this project (0..{n_classes - 1})")
+            table[region] = cls
+        inside = np.isin(regions.labels, ids)
+        mask[inside] = table[regions.labels[inside]]
+    else:
+        assert sub.patch is not None
+        y0, x0, y1, x1 = task_bbox(regions, ids)
+        if sub.patch.shape != (y1 - y0, x1 - x0):
+            raise Invalid(
+                f"the patch must cover the task's bounding box: {y1 - y0}x{x1 - x0} "
+                f"(height x width), got {sub.patch.shape[0]}x{sub.patch.shape[1]}"
+            )
+        check_mask_values(sub.patch, n_classes, 255, "patch")
+        inside = np.isin(regions.labels[y0:y1, x0:x1], ids)
+        if np.any((sub.patch != 255) & ~inside):
+            raise Invalid("the patch labels pixels outside the task's regions; set them to 255")
+        window = mask[y0:y1, x0:x1]
+        window[inside] = sub.patch[inside]
+    rev = labels.save_revision(
+        session,
+        store,
+        image,
+        mask,
+        source="task",
+        author_id=user.id,
+        task_id=task.id,
+        idempotency_key=key,
+    )
+    task.state = TaskState.submitted.value
+    task.submitted_at = _now()
+    task.submitted_by = user.id
+    task.lease_expires_at = None
+    session.execute(
+        update(Project)
+        .where(Project.id == project.id)
+        .values(labels_since_retrain=Project.labels_since_retrain + 1)
+    )
+    return rev, True
+
+
+def queue_counts(session: Session, project_id: int) -> dict[str, int]:
+    from sqlalchemy import func
+
+    rows = session.execute(
+        select(Task.state, func.count()).where(Task.project_id == project_id).group_by(Task.state)
+    ).all()
+    counts = {s.value: 0 for s in TaskState}
+    counts.update({state: n for state, n in rows})
+    return counts
+
+
+def open_region_keys(
+    session: Session, project_id: int, model_version_id: int | None
+) -> set[tuple[int, str]]:
+    """(image id, region key) of tasks that stay open through the next queue build: every
+    leased task, and queued tasks of ``model_version_id`` (the others become stale)."""
+    same_version = (
+        Task.model_version_id.is_(None)
+        if model_version_id is None
+        else Task.model_version_id == model_version_id
+    )
+    rows = session.execute(
+        select(Task.image_id, Task.region_key).where(
+            Task.project_id == project_id,
+            or_(Task.state == LEASED, and_(Task.state == QUEUED, same_version)),
+        )
+    ).all()
+    return {(i, k) for i, k in rows}
+
+
+def mark_stale(session: Session, project_id: int, keep_model_version: int | None) -> int:
+    """Queued tasks from another model version are stale once the pool is re-scored.
+    Leased tasks are left alone until they end."""
+    same_version = (
+        Task.model_version_id.is_(None)
+        if keep_model_version is None
+        else Task.model_version_id == keep_model_version
+    )
+    cond = and_(Task.project_id == project_id, Task.state == QUEUED, ~same_version)
+    res = session.execute(update(Task).where(cond).values(state=TaskState.stale.value))
+    return int(res.rowcount)  # type: ignore[attr-defined]

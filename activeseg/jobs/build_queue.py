@@ -1,0 +1,160 @@
+"""build_queue: select the next batch of regions and queue them as annotation tasks.
+
+Candidates are the regions of pool images that are not fully labelled and not already queued
+or leased. With an active model they are ranked by the project's measure (scores of that
+model version); without one (day one) the batch is drawn at random. Selection itself is the
+uncertainty core's ``select_regions`` (stochastic batch acquisition by default, with a cap
+per image). Queued tasks of another model version are marked stale and replaced; leased
+tasks are left alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+
+from activeseg.core.project_config import ENSEMBLE_ONLY
+from activeseg.core.services.labels import current_mask
+from activeseg.core.services.projects import project_settings
+from activeseg.core.services.regions import region_set
+from activeseg.core.services.tasks import mark_stale, open_region_keys
+from activeseg.core.tables import Image, ModelVersion, Project, RegionScore, Round, Split, Task
+from activeseg.jobs.runner import JobContext
+from activeseg.uncertainty.pooling import labelled_fraction
+from activeseg.uncertainty.selection import select_regions
+
+
+def build_queue(
+    ctx: JobContext, model_version_id: int | None = None, strategy: str | None = None
+) -> dict[str, Any]:
+    with ctx.db.session() as s:
+        done = s.scalar(select(Round).where(Round.job_id == ctx.job_id))
+        if done is not None:  # redelivered after the round was committed
+            return {"round": done.number, "tasks": done.n_tasks}
+        project = s.get(Project, ctx.project_id)
+        assert project is not None
+        settings = project_settings(project)
+        mv_id = model_version_id or project.active_model_id
+        mv = s.get(ModelVersion, mv_id) if mv_id else None
+        images = list(
+            s.scalars(
+                select(Image)
+                .where(
+                    Image.project_id == project.id,
+                    Image.split == Split.pool.value,
+                    Image.labelled_fraction < 1.0,
+                )
+                .order_by(Image.id)
+            )
+        )
+        busy = open_region_keys(s, project.id, mv.id if mv is not None else None)
+    measure = settings.measure
+    if mv is not None and measure in ENSEMBLE_ONLY and mv.config.get("method") == "single":
+        raise ValueError(f"measure {measure!r} needs an ensemble or MC-dropout model")
+    use_strategy = strategy or (settings.strategy if mv is not None else "random")
+
+    cand_image: list[int] = []
+    cand_region: list[int] = []
+    cand_score: list[float] = []
+    cand_class: list[int] = []
+    centroids: list[np.ndarray] = []
+    scores_by_image: dict[int, dict[int, tuple[float, int]]] = {}
+    if mv is not None:
+        with ctx.db.session() as s:
+            for image_id, region, value, cls in s.execute(
+                select(
+                    RegionScore.image_id,
+                    RegionScore.region,
+                    RegionScore.value,
+                    RegionScore.predicted_class,
+                ).where(RegionScore.model_version_id == mv.id, RegionScore.measure == measure)
+            ):
+                scores_by_image.setdefault(image_id, {})[region] = (value, cls)
+    for n, image in enumerate(images):
+        with ctx.db.session() as s:
+            _, regions = region_set(s, ctx.store, image, settings.region_kind, settings.region_size)
+            mask = current_mask(s, ctx.store, image)
+        frac = labelled_fraction(mask, regions.labels, regions.n_regions)
+        scored = scores_by_image.get(image.id)
+        if mv is not None and scored is None:
+            continue  # not scored by this version (labelled since, or scoring incomplete)
+        cents = regions.centroids
+        for r in range(regions.n_regions):
+            if frac[r] >= 1.0 or (image.id, str(r)) in busy:
+                continue
+            value, cls = scored.get(r, (np.nan, -1)) if scored else (1.0, -1)
+            if not np.isfinite(value):
+                continue
+            cand_image.append(image.id)
+            cand_region.append(r)
+            cand_score.append(value)
+            cand_class.append(cls)
+            centroids.append(cents[r])
+        ctx.progress(0.8 * (n + 1) / max(len(images), 1), f"read {n + 1}/{len(images)} images")
+
+    picked: np.ndarray = np.zeros(0, np.int64)
+    if cand_score:
+        image_index = np.unique(np.asarray(cand_image), return_inverse=True)[1]
+        picked = select_regions(
+            np.asarray(cand_score, np.float64),
+            image_index,
+            settings.batch_size,
+            strategy=use_strategy,  # type: ignore[arg-type]
+            per_image_cap=settings.per_image_cap,
+            min_distance=settings.min_distance,
+            centroids=np.asarray(centroids, np.float64),
+            beta=settings.beta,
+            seed=ctx.job_id,
+        )
+    rng = np.random.default_rng(ctx.job_id)
+    with ctx.db.session() as s:
+        stale = mark_stale(s, project.id, mv.id if mv is not None else None)
+        number = (
+            s.scalar(select(func.max(Round.number)).where(Round.project_id == project.id)) or 0
+        ) + 1
+        labelled = (
+            s.scalar(
+                select(func.coalesce(func.sum(Image.labelled_pixels), 0)).where(
+                    Image.project_id == project.id, Image.split == Split.pool.value
+                )
+            )
+            or 0
+        )
+        rnd = Round(
+            project_id=project.id,
+            number=number,
+            model_version_id=mv.id if mv else None,
+            measure=measure if mv is not None else "random",
+            strategy=use_strategy,
+            n_tasks=len(picked),
+            labelled_pixels=int(labelled),
+            job_id=ctx.job_id,
+        )
+        s.add(rnd)
+        s.flush()
+        for i in picked:
+            # Priority is the acquisition score (random draws on day one): the lease order.
+            priority = float(cand_score[i]) if mv is not None else float(rng.random())
+            s.add(
+                Task(
+                    project_id=project.id,
+                    round_id=rnd.id,
+                    image_id=cand_image[i],
+                    regions=[cand_region[i]],
+                    region_key=str(cand_region[i]),
+                    region_kind=settings.region_kind,
+                    region_size=settings.region_size,
+                    model_version_id=mv.id if mv else None,
+                    measure=rnd.measure,
+                    priority=priority,
+                )
+            )
+    return {
+        "round": number,
+        "tasks": len(picked),
+        "candidates": len(cand_score),
+        "stale": stale,
+        "strategy": use_strategy,
+    }

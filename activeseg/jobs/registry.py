@@ -1,0 +1,35 @@
+"""Job kind -> plain job function, and an in-process executor for tests and tools."""
+
+from __future__ import annotations
+
+from activeseg.core.db import Database
+from activeseg.core.settings import Settings
+from activeseg.core.storage import BlobStore
+from activeseg.core.tables import Job
+from activeseg.jobs.build_queue import build_queue
+from activeseg.jobs.retrain import retrain
+from activeseg.jobs.runner import Dispatcher, JobFunction, run_job
+from activeseg.jobs.score_pool import score_pool
+from activeseg.jobs.verify_storage import verify_storage
+
+JOB_FUNCTIONS: dict[str, JobFunction] = {
+    "verify_storage": verify_storage,
+    "score_pool": score_pool,
+    "build_queue": build_queue,
+    "retrain": retrain,
+}
+
+
+def inline_dispatcher(db: Database, store: BlobStore, settings: Settings) -> Dispatcher:
+    """Run each dispatched job at once in this process (follow-ups recursively): the same job
+    functions and runner as a Celery worker, without a broker."""
+
+    def dispatch(job_id: int) -> bool:
+        with db.session() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            kind = job.kind
+        run_job(db, store, settings, job_id, JOB_FUNCTIONS[kind], dispatch)
+        return True
+
+    return dispatch
