@@ -5,6 +5,7 @@ The API suite runs once per database backend: SQLite (embedded default) and Post
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import threading
@@ -66,18 +67,22 @@ class Stack:
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=60)
 
 
+_stack_ids = itertools.count()
+
+
 def stack_env(backend: str, data_dir: Path) -> dict[str, str]:
     if backend == "sqlite":
         db_url = f"sqlite:///{data_dir / 'activeseg.db'}"
     else:
-        db_url = fresh_pg_database(f"activeseg_test_{os.getpid()}")
+        db_url = fresh_pg_database(f"activeseg_test_{os.getpid()}_{next(_stack_ids)}")
     broker = f"{REDIS_URL}/{REDIS_DB[backend]}"
-    redis.Redis.from_url(broker).flushdb()
     return {
         "ACTIVESEG_ENVIRONMENT": "test",
         "ACTIVESEG_DATA_DIR": str(data_dir),
         "ACTIVESEG_DATABASE_URL": db_url,
         "ACTIVESEG_BROKER_URL": broker,
+        # One queue per test session: concurrent sessions on this Redis never share messages.
+        "ACTIVESEG_QUEUE": f"activeseg-test-{os.getpid()}-{backend}",
         "ACTIVESEG_STORAGE_URL": f"file://{data_dir / 'blobs'}",
         "ACTIVESEG_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024),
         "ACTIVESEG_MAX_IMAGE_PIXELS": str(1_000_000),
@@ -122,6 +127,7 @@ def stack(
     server.should_exit = True
     thread.join(timeout=10)
     app.state.db.dispose()
+    redis.Redis.from_url(env["ACTIVESEG_BROKER_URL"]).delete(env["ACTIVESEG_QUEUE"])
 
 
 @pytest.fixture

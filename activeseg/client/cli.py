@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -59,7 +60,7 @@ def worker_command(concurrency: int, beat: bool, loglevel: str = "INFO") -> list
         "--concurrency",
         str(concurrency),
         "-Q",
-        "activeseg",
+        settings.queue,
         "--hostname",
         f"activeseg-{os.getpid()}@%h",
     ]
@@ -92,6 +93,12 @@ def serve(
     workers: Annotated[int, typer.Option(help="Celery worker processes started alongside")] = 1,
     api_workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
     with_worker: Annotated[bool, typer.Option(help="start a Celery worker too")] = True,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            help="create the `digits` demo project with a queue and an annotator on first start"
+        ),
+    ] = True,
 ) -> None:
     """Run the API and (by default) a worker together: the embedded one-command mode.
 
@@ -106,6 +113,8 @@ def serve(
     settings = get_settings()
     upgrade(settings.database_url)
     _bootstrap_admin()
+    if demo:
+        _demo_project(host, port)
     proc = None
     if with_worker:
         proc = subprocess.Popen(worker_command(workers, beat=True, loglevel="WARNING"))
@@ -142,6 +151,118 @@ def _bootstrap_admin() -> None:
     path.write_text(secret + "\n")
     path.chmod(0o600)
     typer.echo(f"created user 'admin'; token (saved in {path}):\n  {secret}")
+
+
+def _demo_project(host: str, port: int) -> None:
+    """On first start: a `digits` project, its first (random) queue, and an annotator."""
+    from sqlalchemy import select
+
+    from activeseg.core.project_config import ProjectSettings
+    from activeseg.core.services import auth
+    from activeseg.core.services.importer import import_dataset
+    from activeseg.core.services.jobs import request_job
+    from activeseg.core.storage import open_store
+    from activeseg.core.tables import Project, User
+    from activeseg.datasets.registry import load_dataset
+    from activeseg.jobs.registry import inline_dispatcher
+
+    settings = get_settings()
+    db = _db()
+    store = open_store(settings.storage_url)
+    token_file = settings.data_dir / "demo-annotator-token"
+    with db.session() as s:
+        project = s.scalar(select(Project).where(Project.name == "digits-demo"))
+        if project is None:
+            admin = s.scalar(select(User).where(User.name == "admin"))
+            assert admin is not None
+            demo_settings = ProjectSettings(
+                region_kind="superpixel",
+                region_size=12,
+                batch_size=30,
+                measure="mutual_information",
+            )
+            project = import_dataset(
+                s,
+                store,
+                admin,
+                "digits-demo",
+                load_dataset("digits", count=80, seed=0),
+                demo_settings,
+            ).project
+            annotator = auth.create_user(s, "demo-annotator", "annotator")
+            auth.add_member(s, project, annotator.id)
+            _, secret = auth.create_token(s, annotator)
+            token_file.write_text(secret + "\n")
+            token_file.chmod(0o600)
+            job, _ = request_job(
+                s, project_id=project.id, kind="build_queue", params={}, request_id="demo-bootstrap"
+            )
+            typer.echo("created the demo project 'digits-demo' (80 images, 11 classes)")
+        else:
+            job = None
+        project_id = project.id
+    if job is not None:
+        inline_dispatcher(db, store, settings)(job.id)  # the first queue, before serving
+    if token_file.exists():
+        url = f"http://{host}:{port}/annotate?project={project_id}"
+        typer.echo(
+            f"annotate the demo queue: {url}\n  annotator token: {token_file.read_text().strip()}"
+        )
+
+
+@app.command()
+def simulate(
+    dataset: Annotated[str, typer.Option(help="digits | nuclei | folder:PATH")] = "digits",
+    count: Annotated[int, typer.Option(help="images to generate or read")] = 120,
+    measure: Annotated[str, typer.Option(help="uncertainty measure that ranks regions")] = (
+        "entropy"
+    ),
+    strategy: Annotated[str, typer.Option(help="top_k | random | power | softmax | softrank")] = (
+        "power"
+    ),
+    region_kind: Annotated[str, typer.Option(help="superpixel | grid")] = "superpixel",
+    region_size: Annotated[int, typer.Option(help="superpixel or tile side in pixels")] = 12,
+    rounds: Annotated[int, typer.Option(help="label -> retrain rounds")] = 4,
+    budget: Annotated[int, typer.Option(help="regions labelled per round")] = 40,
+    seeds: Annotated[int, typer.Option(help="repetitions with seeds 0..S-1")] = 1,
+    method: Annotated[str, typer.Option(help="mc_dropout | ensemble | single")] = "mc_dropout",
+    epochs: Annotated[int, typer.Option(help="training epochs per retrain")] = 30,
+    out: Annotated[Path, typer.Option(help="folder for curve.csv and curve.png")] = Path(
+        "simulation"
+    ),
+    keep: Annotated[bool, typer.Option(help="keep each seed's service folder")] = False,
+) -> None:
+    """Run the whole loop against a real service (API + worker) with a simulated annotator
+    who answers from the ground truth; write the learning curve as CSV and PNG."""
+    from activeseg.client.simulate import (
+        SimulationConfig,
+        plot_learning_curves,
+        run_simulation,
+        write_csv,
+    )
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = SimulationConfig(
+        dataset=dataset,
+        count=count,
+        measure=measure,
+        strategy=strategy,
+        region_kind=region_kind,
+        region_size=region_size,
+        rounds=rounds,
+        budget=budget,
+        seeds=list(range(seeds)),
+        model={"method": method, "epochs": epochs},
+    )
+    rows = run_simulation(cfg, workdir=out / "runs" if keep else None, keep=keep)
+    write_csv(rows, out / "curve.csv")
+    plot_learning_curves(rows, out / "curve.png", title=f"{dataset}: {cfg.label}")
+    for row in rows:
+        typer.echo(
+            f"seed {row['seed']} round {row['round']}: {row['labelled_regions']} regions,"
+            f" {100 * row['labelled_fraction']:.1f}% pixels, test mIoU {row['test_miou']}"
+        )
+    typer.echo(f"wrote {out / 'curve.csv'} and {out / 'curve.png'}")
 
 
 @user_app.command("create")
@@ -214,6 +335,10 @@ def token_revoke(
         row.revoked_at = row.revoked_at or datetime.now(UTC)
         typer.echo(f"revoked token {row.id} ({row.prefix}…)")
 
+
+from activeseg.client.commands import register  # noqa: E402 - client commands
+
+register(app)
 
 if __name__ == "__main__":
     app()

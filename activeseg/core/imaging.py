@@ -67,8 +67,8 @@ def check_image(data: bytes, name: str, max_pixels: int) -> CheckedImage:
 
 def decode_image(data: bytes) -> np.ndarray:
     """Stored image bytes -> uint8 array [H, W] (grey) or [H, W, 3] (RGB)."""
-    im = PILImage.open(io.BytesIO(data))
-    im = im.convert("L") if im.mode in _GREY_MODES else im.convert("RGB")
+    opened = PILImage.open(io.BytesIO(data))
+    im = opened.convert("L") if opened.mode in _GREY_MODES else opened.convert("RGB")
     return np.asarray(im, dtype=np.uint8)
 
 

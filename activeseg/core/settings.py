@@ -24,10 +24,16 @@ class Settings(BaseSettings):
     database_url: str = ""
     broker_url: str = ""
     result_backend: str | None = None
+    # Celery queue name: deployments (or test sessions) sharing one Redis keep apart by it.
+    queue: str = "activeseg"
     storage_url: str = ""
     # Redis re-delivers an unacknowledged message after this many seconds: it must be longer
     # than the longest job (a retrain), or a running job is started twice.
     visibility_timeout_s: int = 6 * 3600
+    # A running job whose heartbeat (every few seconds) is older than this is presumed dead:
+    # a redelivery may claim it, and the maintenance sweep re-dispatches it.
+    job_stale_after_s: float = Field(default=30.0, gt=0)
+    maintenance_interval_s: float = Field(default=10.0, gt=0)
     max_upload_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0)
     max_images_per_upload: int = Field(default=500, gt=0)

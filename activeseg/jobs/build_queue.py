@@ -21,6 +21,7 @@ from activeseg.core.services.projects import project_settings
 from activeseg.core.services.regions import region_set
 from activeseg.core.services.tasks import mark_stale, open_region_keys
 from activeseg.core.tables import Image, ModelVersion, Project, RegionScore, Round, Split, Task
+from activeseg.integrations.webhooks import notify
 from activeseg.jobs.runner import JobContext
 from activeseg.uncertainty.pooling import labelled_fraction
 from activeseg.uncertainty.selection import select_regions
@@ -151,6 +152,7 @@ def build_queue(
                     priority=priority,
                 )
             )
+    notify(ctx, "queue.refilled", {"round": number, "tasks": len(picked)})
     return {
         "round": number,
         "tasks": len(picked),

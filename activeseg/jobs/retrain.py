@@ -20,6 +20,7 @@ from activeseg.core.services.labels import current_mask
 from activeseg.core.services.models import load_predictor, model_config_for, project_in_channels
 from activeseg.core.services.projects import project_settings
 from activeseg.core.tables import Image, ModelState, ModelVersion, Project, Split
+from activeseg.integrations.webhooks import notify
 from activeseg.jobs.runner import JobContext
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,10 @@ def retrain(
             predictor.temperature = temperature
         metrics = evaluate(predictor, eval_images, eval_masks, config.n_classes)
         metrics["evaluated_on"] = "val" if val_images else "train (no labelled val images)"
+        _, test_images, test_masks, _ = load_split(ctx, project.id, (Split.test.value,))
+        if test_images:
+            # Held-out test figures: what learning curves and `activeseg simulate` plot.
+            metrics["test"] = evaluate(predictor, test_images, test_masks, config.n_classes)
         metrics["history"] = result.history[-50:]
         metrics["best_val_loss"] = result.best_val_loss
         mv_id = _store_version(
@@ -136,7 +141,6 @@ def retrain(
         assert project_row is not None
         if do_activate:
             project_row.active_model_id = mv_id
-        project_row.labels_since_retrain = 0
     if do_activate and chain:
         ctx.enqueue(
             "score_pool",
@@ -146,6 +150,7 @@ def retrain(
             },
             request_id=f"after-retrain-{ctx.job_id}",
         )
+    notify(ctx, "model.trained", {"model_version_id": mv_id, "activated": do_activate})
     return {"model_version_id": mv_id, "activated": do_activate}
 
 

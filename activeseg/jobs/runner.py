@@ -19,13 +19,11 @@ from activeseg.core.services.jobs import request_job
 from activeseg.core.settings import Settings
 from activeseg.core.storage import BlobStore
 from activeseg.core.tables import Job, JobState
+from activeseg.integrations.webhooks import notify
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 3.0
-# A running job whose heartbeat is older than this is presumed dead (worker killed) and may be
-# claimed again by a redelivery or re-dispatched by the maintenance sweep.
-STALE_AFTER_S = 20.0
+HEARTBEAT_S = 2.0
 
 
 class JobBusy(Exception):
@@ -103,11 +101,12 @@ class JobContext:
 JobFunction = Callable[..., dict[str, Any] | Waiting | None]
 
 
-def claim(db: Database, job_id: int) -> Job | None:
+def claim(db: Database, job_id: int, stale_after_s: float = 30.0) -> Job | None:
     """Mark the job running for this worker. None if it already finished (nothing to do);
     raises JobBusy if another worker is running it with a live heartbeat."""
     now = datetime.now(UTC)
-    stale = now - timedelta(seconds=STALE_AFTER_S)
+    # A heartbeat older than this means the worker died: the job may be claimed again.
+    stale = now - timedelta(seconds=stale_after_s)
     with db.session() as s:
         job = s.get(Job, job_id)
         if job is None or job.state == JobState.succeeded.value:
@@ -162,7 +161,7 @@ def run_job(
 ) -> dict[str, Any] | None:
     """Run ``fn`` for job ``job_id``. Transient errors propagate (the shell retries); any other
     error marks the job failed with its message and does not propagate."""
-    job = claim(db, job_id)
+    job = claim(db, job_id, settings.job_stale_after_s)
     if job is None:
         log.info("job %s already finished; nothing to do", job_id)
         return None
@@ -189,6 +188,7 @@ def run_job(
         _finish(
             db, job_id, JobState.failed, error=detail, message=traceback.format_exc(limit=3)[-2000:]
         )
+        notify(ctx, "job.failed", {"job_id": job_id, "kind": job.kind, "error": detail})
         return None
     finally:
         stop.set()

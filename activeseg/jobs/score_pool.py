@@ -32,11 +32,9 @@ CHUNK_IMAGES = 64
 
 def encode_heatmaps(maps: dict[str, np.ndarray], prediction: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    np.savez_compressed(
-        buf,
-        prediction=prediction.astype(np.uint8),
-        **{k: v.astype(np.float16) for k, v in maps.items()},
-    )
+    arrays: dict[str, np.ndarray] = {k: v.astype(np.float16) for k, v in maps.items()}
+    arrays["prediction"] = prediction.astype(np.uint8)
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
     return buf.getvalue()
 
 

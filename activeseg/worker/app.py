@@ -11,7 +11,6 @@ from celery.signals import worker_process_init
 from activeseg.core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-QUEUE = "activeseg"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -33,7 +32,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": settings.result_backend is None,
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
-        "task_default_queue": QUEUE,
+        "task_default_queue": settings.queue,
         # A job is acknowledged only when it ends, so a killed worker's job is redelivered;
         # jobs are idempotent, which is what makes that safe.
         "task_acks_late": True,
@@ -51,7 +50,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         "broker_connection_timeout": 3,
         "beat_schedule": {
-            "maintenance": {"task": "activeseg.maintenance", "schedule": 10.0},
+            "maintenance": {
+                "task": "activeseg.maintenance",
+                "schedule": settings.maintenance_interval_s,
+            },
         },
         "worker_hijack_root_logger": False,
     }

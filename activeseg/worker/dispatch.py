@@ -12,7 +12,6 @@ from activeseg.core.db import Database
 from activeseg.core.services.jobs import mark_dispatched, undispatched
 from activeseg.core.services.tasks import expire_leases
 from activeseg.core.tables import Job, JobState
-from activeseg.jobs.runner import STALE_AFTER_S
 from activeseg.worker.app import task_name
 
 log = logging.getLogger(__name__)
@@ -37,9 +36,9 @@ def dispatch(db: Database, celery: Celery, job_id: int) -> bool:
     return True
 
 
-def run_maintenance(db: Database, celery: Celery) -> dict[str, int]:
+def run_maintenance(db: Database, celery: Celery, stale_after_s: float) -> dict[str, int]:
     """Dispatch the outbox, and return jobs whose worker died (stale heartbeat) to pending."""
-    stale = datetime.now(UTC) - timedelta(seconds=STALE_AFTER_S * 3)
+    stale = datetime.now(UTC) - timedelta(seconds=stale_after_s)
     with db.session() as s:
         revived = s.execute(
             update(Job)

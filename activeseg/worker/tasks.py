@@ -10,7 +10,7 @@ from celery import Task
 
 from activeseg.core.settings import get_settings
 from activeseg.jobs.registry import JOB_FUNCTIONS
-from activeseg.jobs.runner import STALE_AFTER_S, TRANSIENT, JobBusy, JobFunction, run_job
+from activeseg.jobs.runner import TRANSIENT, JobBusy, JobFunction, run_job
 from activeseg.worker import runtime
 from activeseg.worker.app import celery_app, task_name
 
@@ -42,7 +42,8 @@ def job_task(kind: str) -> Callable[[JobFunction], Task]:
                     runtime.dispatcher(),
                 )
             except JobBusy as exc:
-                raise self.retry(exc=exc, countdown=STALE_AFTER_S, max_retries=20) from exc
+                countdown = get_settings().job_stale_after_s
+                raise self.retry(exc=exc, countdown=countdown, max_retries=20) from exc
 
         return shell
 
@@ -57,4 +58,4 @@ def maintenance() -> dict[str, int]:
     """Periodic: dispatch jobs the broker never got (outbox) and revive jobs of dead workers."""
     from activeseg.worker.dispatch import run_maintenance
 
-    return run_maintenance(runtime.database(), celery_app)
+    return run_maintenance(runtime.database(), celery_app, get_settings().job_stale_after_s)

@@ -240,3 +240,31 @@ def test_outsiders_cannot_lease(stack: Stack, queued, admin) -> None:  # type: i
     with stack.client(outsider) as c:
         assert c.post(f"/projects/{queued['pid']}/tasks/next").status_code == 404
         assert c.post(f"/tasks/{queued['task_ids'][0]}/heartbeat").status_code == 404
+
+
+def test_auto_retrain_fires_once_per_threshold(stack: Stack, queued, admin) -> None:  # type: ignore[no-untyped-def]
+    pid = queued["pid"]
+    assert admin.patch(f"/projects/{pid}", json={"settings": {"auto_retrain_every": 2}}).is_success
+
+    def retrains() -> list[dict[str, Any]]:
+        jobs = admin.get(f"/projects/{pid}/jobs").json()["data"]
+        return [j for j in jobs if j["kind"] == "retrain"]
+
+    with stack.client(queued["ann"][0]) as c:
+        for n, expected in [(1, 0), (2, 1), (3, 1)]:
+            lease = c.post(f"/projects/{pid}/tasks/next").json()
+            region = str(lease["task"]["regions"][0])
+            key = f"auto-{n}"
+            r = c.post(
+                f"/tasks/{lease['task']['id']}/submit",
+                json={"classes": {region: 1}, "idempotency_key": key},
+            )
+            assert r.status_code == 201
+            # A retried submission is not a new label: it must not count toward the trigger.
+            c.post(
+                f"/tasks/{lease['task']['id']}/submit",
+                json={"classes": {region: 1}, "idempotency_key": key},
+            )
+            assert len(retrains()) == expected, n
+    assert retrains()[0]["params"] == {"trigger": "auto"}
+    assert admin.get(f"/projects/{pid}").json()["settings"]["auto_retrain_every"] == 2

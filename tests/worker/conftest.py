@@ -14,10 +14,15 @@ from tests.conftest import Stack
 
 
 def start_worker(
-    stack: Stack, log: Path, name: str, concurrency: int = 1
+    stack: Stack,
+    log: Path,
+    name: str,
+    concurrency: int = 1,
+    beat: bool = False,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """A real Celery worker process on the stack's broker, database and blob folder."""
-    env = {**os.environ, **stack.env}
+    env = {**os.environ, **stack.env, **(extra_env or {})}
     cmd = [
         sys.executable,
         "-m",
@@ -30,12 +35,14 @@ def start_worker(
         "--concurrency",
         str(concurrency),
         "-Q",
-        "activeseg",
+        stack.env["ACTIVESEG_QUEUE"],
         "--hostname",
         f"{name}@%h",
         "--without-gossip",
         "--without-mingle",
     ]
+    if beat:
+        cmd += ["--beat", "--schedule", str(log.with_suffix(".beat"))]
     return subprocess.Popen(
         cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -55,8 +62,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def worker(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(name: str = "w1", concurrency: int = 1) -> subprocess.Popen[bytes]:
-        proc = start_worker(stack, tmp_path / f"{name}.log", name, concurrency)
+    def spawn(
+        name: str = "w1",
+        concurrency: int = 1,
+        beat: bool = False,
+        extra_env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        proc = start_worker(stack, tmp_path / f"{name}.log", name, concurrency, beat, extra_env)
         procs.append(proc)
         return proc
 

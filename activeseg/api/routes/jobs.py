@@ -27,7 +27,7 @@ def list_jobs(
     user: CurrentUser,
     db: DbDep,
     state: Annotated[
-        str | None, Query(pattern="^(pending|queued|running|succeeded|failed)$")
+        str | None, Query(pattern="^(pending|queued|running|waiting|succeeded|failed)$")
     ] = None,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,

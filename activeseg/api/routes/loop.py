@@ -81,6 +81,9 @@ def retrain(
     """Train a new model version on the current labels; when it is activated the pool is
     re-scored and a new queue built."""
     params: dict[str, Any] = {"from_scratch": body.from_scratch, "activate": body.activate}
+    with db.session() as s:
+        # A manual retrain covers the labels counted so far toward the automatic one.
+        auth.get_project_for(s, user, project_id).labels_since_retrain = 0
     return _request(request, db, user, project_id, "retrain", params, body.request_id)
 
 

@@ -167,7 +167,16 @@ def submit(
     else:
         key = None
     _may_submit(task, user)
-    image = session.get(Image, task.image_id)
+    # Lock the image row (and re-read it: populate_existing) *before* reading its current
+    # mask: two answers for regions of one image are read-modify-writes of the same mask, so
+    # the second must start from the first one's revision, not from a stale one (a lost
+    # update, or a duplicate revision number).
+    image = session.scalar(
+        select(Image)
+        .where(Image.id == task.image_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
     assert image is not None
     _, regions = region_set(session, store, image, task.region_kind, task.region_size)
     ids = [int(r) for r in task.regions]

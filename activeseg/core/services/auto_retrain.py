@@ -1,0 +1,30 @@
+"""Auto-retrain: after N newly submitted labels a retrain is requested, once per trigger."""
+
+from __future__ import annotations
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from activeseg.core.services.jobs import request_job
+from activeseg.core.services.projects import project_settings
+from activeseg.core.tables import Job, Project
+
+
+def maybe_request_retrain(session: Session, project: Project) -> Job | None:
+    """In the submitting transaction: if the counter reached the project's threshold, reset
+    it and request a retrain. The conditional UPDATE is the trigger: of two concurrent
+    submissions that cross the threshold, exactly one matches it, so one retrain is queued."""
+    every = project_settings(project).auto_retrain_every
+    if every is None:
+        return None
+    fired = session.execute(
+        update(Project)
+        .where(Project.id == project.id, Project.labels_since_retrain >= every)
+        .values(labels_since_retrain=0)
+    ).rowcount  # type: ignore[attr-defined]
+    if not fired:
+        return None
+    job, _ = request_job(
+        session, project_id=project.id, kind="retrain", params={"trigger": "auto"}, request_id=None
+    )
+    return job
