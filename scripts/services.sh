@@ -11,6 +11,11 @@ if ! command -v pg_ctlcluster >/dev/null || ! command -v redis-server >/dev/null
   $SUDO apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server >/dev/null
 fi
+# The annotator page test drives Debian's Chromium through Playwright (never `playwright install`).
+if [ ! -x /usr/bin/chromium ]; then
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 
 if ! pg_up; then
   ver=$(ls /etc/postgresql | sort -V | tail -1)

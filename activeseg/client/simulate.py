@@ -65,8 +65,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def embedded_service(data_dir: Path, workers: int = 1) -> Iterator[Client]:
-    """Start ``activeseg serve`` on the embedded default in ``data_dir``; yield an admin client."""
+def embedded_service(data_dir: Path, workers: int = 1, demo: bool = False) -> Iterator[Client]:
+    """Start ``activeseg serve`` on the embedded default in ``data_dir``; yield an admin client
+    (``demo``: with the digits demo project that ``serve`` makes on a fresh folder)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACTIVESEG_")}
     env["ACTIVESEG_DATA_DIR"] = str(data_dir)
     port = free_port()
@@ -82,7 +83,7 @@ def embedded_service(data_dir: Path, workers: int = 1) -> Iterator[Client]:
             str(port),
             "--workers",
             str(workers),
-            "--no-demo",
+            "--demo" if demo else "--no-demo",
         ],
         env=env,
         stdout=log_file,
