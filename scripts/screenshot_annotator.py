@@ -55,6 +55,18 @@ def main() -> None:
             tab.fill("#token", token)
             tab.press("#token", "Enter")
             tab.wait_for_selector(".class-btn .proposed", timeout=60_000)
+            # Show a region the model thinks is a digit (skip background ones; a throwaway
+            # service, so skipping costs nothing).
+            for _ in range(25):
+                picked = tab.get_attribute(".class-btn[aria-pressed='true']", "data-class-id")
+                if picked not in (None, "0"):
+                    break
+                task = tab.text_content("#task-info") or ""
+                tab.keyboard.press("s")
+                tab.wait_for_function(
+                    "t => (document.querySelector('#task-info')?.textContent || '') !== t", arg=task
+                )
+                tab.wait_for_selector(".class-btn .proposed", timeout=60_000)
             tab.keyboard.press("u")
             tab.wait_for_timeout(800)
             tab.mouse.move(5, 5)

@@ -10,7 +10,19 @@ from fastapi.responses import JSONResponse
 
 from activeseg import __version__
 from activeseg.api.errors import install_error_handlers
-from activeseg.api.routes import health, images, jobs, loop, projects, tasks, users
+from activeseg.api.routes import (
+    annotate,
+    exports,
+    health,
+    images,
+    jobs,
+    labelstudio,
+    loop,
+    projects,
+    tasks,
+    users,
+    webhooks,
+)
 from activeseg.core.db import Database
 from activeseg.core.settings import Settings, get_settings
 from activeseg.core.storage import open_store
@@ -62,6 +74,18 @@ def create_app(
                 )
         return await call_next(request)
 
-    for module in (health, users, projects, images, jobs, loop, tasks):
+    for module in (
+        health,
+        users,
+        projects,
+        images,
+        jobs,
+        loop,
+        tasks,
+        annotate,
+        labelstudio,
+        exports,
+        webhooks,
+    ):
         app.include_router(module.router)
     return app

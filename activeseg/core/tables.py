@@ -392,3 +392,45 @@ class Job(Base):
     )
     children_total: Mapped[int] = mapped_column(Integer, default=0)
     children_done: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Webhook(Base):
+    """An outgoing webhook of a project: events are POSTed, HMAC-signed with ``secret``."""
+
+    __tablename__ = "webhooks"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    url: Mapped[str] = mapped_column(String(2000))
+    # ["model.trained", "queue.refilled", "job.failed"]
+    events: Mapped[list[Any]] = mapped_column(JSON)
+    # Kept in clear: signing needs it. Shown once, when the webhook is created.
+    secret: Mapped[str] = mapped_column(String(100))
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event sent (or to be sent) to one webhook, with a log of every attempt."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        # A redelivered source job finds its delivery instead of sending the event twice.
+        UniqueConstraint("webhook_id", "source_key", name="uq_webhook_deliveries_webhook_source"),
+        UniqueConstraint("uuid", name="uq_webhook_deliveries_uuid"),
+        Index("ix_webhook_deliveries_webhook_id", "webhook_id", "id"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    uuid: Mapped[str] = mapped_column(String(36))
+    event: Mapped[str] = mapped_column(String(40))
+    source_key: Mapped[str] = mapped_column(String(200))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(20), default="pending")  # pending|succeeded|failed
+    attempts: Mapped[list[Any]] = mapped_column(JSON, default=list)  # [{attempt, status, ...}]
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -56,6 +56,7 @@ def retrain(
     from_scratch: bool = False,
     activate: bool | None = None,
     chain: bool = True,
+    trigger: str = "manual",
 ) -> dict[str, Any]:
     from activeseg.models.checkpoint import state_from_bytes, state_to_bytes
     from activeseg.models.evaluation import evaluate, fit_temperature_on
@@ -151,7 +152,7 @@ def retrain(
             request_id=f"after-retrain-{ctx.job_id}",
         )
     notify(ctx, "model.trained", {"model_version_id": mv_id, "activated": do_activate})
-    return {"model_version_id": mv_id, "activated": do_activate}
+    return {"model_version_id": mv_id, "activated": do_activate, "trigger": trigger}
 
 
 def _same_architecture(old: dict[str, Any], new: dict[str, Any]) -> bool:

@@ -20,10 +20,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         folder = settings.broker_folder
         (folder / "queue").mkdir(parents=True, exist_ok=True)
         (folder / "processed").mkdir(parents=True, exist_ok=True)
+        (folder / "control").mkdir(parents=True, exist_ok=True)
         transport.update(
             data_folder_in=str(folder / "queue"),
             data_folder_out=str(folder / "queue"),
             processed_folder=str(folder / "processed"),
+            # Broadcast/control messages; kombu would otherwise make ./control in the cwd.
+            control_folder=str(folder / "control"),
             store_processed=False,
         )
     return {

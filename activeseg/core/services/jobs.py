@@ -17,16 +17,12 @@ from activeseg.core.errors import Conflict, NotFound
 from activeseg.core.services.auth import get_project_for
 from activeseg.core.tables import Job, JobState, User
 
-JOB_KINDS = (
-    "verify_storage",
-    "score_pool",
-    "build_queue",
-    "retrain",
-    "round",
-    "evaluate",
-    "sweep_leases",
+ACTIVE_STATES = (
+    JobState.pending.value,
+    JobState.queued.value,
+    JobState.running.value,
+    JobState.waiting.value,
 )
-ACTIVE_STATES = (JobState.pending.value, JobState.queued.value, JobState.running.value)
 
 
 def request_job(

@@ -1,0 +1,206 @@
+"""The Label Studio ML backend protocol under /ls/{project_id}, with the exact shapes Label
+Studio sends and expects, over real HTTP."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from activeseg.core.tables import Job, LabelRevision
+from activeseg.integrations.brush_rle import mask_to_rle, rle_to_mask
+from tests.conftest import Stack
+from tests.integrations.helpers import add_scored_model, project_with_images
+from tests.utils import make_user
+
+H, W = 24, 32
+CONFIG = (
+    '<View><Image name="img" value="$picture"/>'
+    '<BrushLabels name="tag" toName="img"><Label value="class0"/><Label value="class1"/>'
+    '<Label value="class2"/></BrushLabels></View>'
+)
+
+
+@pytest.fixture
+def scored(stack: Stack, admin) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Three images; the active model predicts known masks; image 1 is the most uncertain."""
+    project, images = project_with_images(admin, n=3, h=H, w=W)
+    preds, unsure = {}, {}
+    for k, im in enumerate(images):
+        pred = np.zeros((H, W), np.uint8)
+        pred[:, k * 5 : k * 5 + 10] = 1
+        pred[:4, :] = 2
+        preds[im["id"]] = pred
+        unsure[im["id"]] = [0.2, 0.9, 0.5][k]
+    mv_id = add_scored_model(stack, project["id"], preds, unsure)
+    return {"pid": project["id"], "images": images, "preds": preds, "mv_id": mv_id}
+
+
+def test_health_and_setup(stack: Stack, admin, scored) -> None:  # type: ignore[no-untyped-def]
+    pid = scored["pid"]
+    r = admin.get(f"/ls/{pid}/health")
+    assert r.status_code == 200
+    assert r.json() == {"status": "UP", "model_class": "activeseg"}
+    assert admin.get(f"/ls/{pid}/").json()["status"] == "UP"
+    r = admin.post(f"/ls/{pid}/setup", json={"project": f"{pid}.1700000000", "schema": CONFIG})
+    assert r.status_code == 200
+    assert r.json() == {"model_version": f"activeseg-p{pid}-v1"}
+
+
+def test_setup_refuses_a_config_without_brush_labels_with_an_example(admin, scored) -> None:  # type: ignore[no-untyped-def]
+    bad = '<View><Image name="i" value="$image"/><Choices name="c" toName="i"/></View>'
+    r = admin.post(f"/ls/{scored['pid']}/setup", json={"project": "1.1", "schema": bad})
+    assert r.status_code == 422
+    assert "BrushLabels" in r.json()["detail"] and "<View>" in r.json()["detail"]
+
+
+def test_predict_returns_one_brush_result_list_per_task_in_order(admin, scored) -> None:  # type: ignore[no-untyped-def]
+    pid, images = scored["pid"], scored["images"]
+    tasks = [
+        {"id": 10 + k, "data": {"picture": f"http://ls.example/images/{im['id']}/file"}}
+        for k, im in enumerate(images)
+    ]
+    tasks.append({"id": 99, "data": {"picture": "/data/upload/1/0a1b2c3d-img2.png"}})
+    tasks.append({"id": 100, "data": {"picture": "/data/upload/1/deadbeef-unknown.png"}})
+    body = {"tasks": tasks, "label_config": CONFIG, "project": f"{pid}.1", "params": {}}
+    r = admin.post(f"/ls/{pid}/predict", json=body)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == len(tasks)
+    version = f"activeseg-p{pid}-v1"
+    for k, im in enumerate(images):
+        entry = results[k]
+        assert set(entry) == {"result", "score", "model_version"}
+        assert entry["model_version"] == version
+        names = []
+        decoded = np.full((H, W), 255, np.uint8)
+        for res in entry["result"]:
+            assert res["from_name"] == "tag" and res["to_name"] == "img"
+            assert res["type"] == "brushlabels"
+            assert (res["original_width"], res["original_height"]) == (W, H)
+            assert res["value"]["format"] == "rle"
+            [name] = res["value"]["brushlabels"]
+            names.append(name)
+            decoded[rle_to_mask(res["value"]["rle"], H, W) > 0] = int(name[-1])
+        assert names == ["class0", "class1", "class2"]
+        assert np.array_equal(decoded, scored["preds"][im["id"]])
+    # score = 1 - entropy / log(3): the most uncertain image has the lowest score.
+    scores = [results[k]["score"] for k in range(3)]
+    assert scores == pytest.approx([1 - u / np.log(3) for u in (0.2, 0.9, 0.5)], abs=1e-3)
+    assert min(scores) == scores[1]
+    # a file-name match (Label Studio's upload prefix removed), then an unknown image.
+    assert results[3]["result"] == results[2]["result"]
+    assert results[4]["result"] == [] and results[4]["error"]["status"] == 404
+
+
+def test_predict_leaves_out_classes_the_config_does_not_list(admin, scored) -> None:  # type: ignore[no-untyped-def]
+    only = CONFIG.replace('<Label value="class0"/>', "").replace('<Label value="class2"/>', "")
+    image = scored["images"][0]
+    task = {"id": 1, "data": {"picture": f"/images/{image['id']}/file"}}
+    r = admin.post(f"/ls/{scored['pid']}/predict", json={"tasks": [task], "label_config": only})
+    [entry] = r.json()["results"]
+    assert [res["value"]["brushlabels"] for res in entry["result"]] == [["class1"]]
+
+
+def test_basic_auth_with_the_token_as_password(stack: Stack, scored) -> None:  # type: ignore[no-untyped-def]
+    pid = scored["pid"]
+    with stack.client() as anon:
+        assert anon.get(f"/ls/{pid}/health").status_code == 401
+        creds = base64.b64encode(f"labelstudio:{stack.admin_token}".encode()).decode()
+        r = anon.get(f"/ls/{pid}/health", headers={"Authorization": f"Basic {creds}"})
+        assert r.status_code == 200
+        wrong = base64.b64encode(b"labelstudio:nope").decode()
+        r = anon.get(f"/ls/{pid}/health", headers={"Authorization": f"Basic {wrong}"})
+        assert r.status_code == 401
+
+
+def _annotation_payload(pid: int, image_id: int, mask: np.ndarray, action: str) -> dict[str, Any]:
+    result = []
+    for cls in (1, 2):
+        painted = (mask == cls).astype(np.uint8) * 255
+        result.append(
+            {
+                "id": f"r{cls}",
+                "from_name": "tag",
+                "to_name": "img",
+                "type": "brushlabels",
+                "original_width": W,
+                "original_height": H,
+                "image_rotation": 0,
+                "value": {
+                    "format": "rle",
+                    "rle": mask_to_rle(painted),
+                    "brushlabels": [f"class{cls}"],
+                },
+            }
+        )
+    return {
+        "action": action,
+        "annotation": {"id": 501, "result": result},
+        "task": {"id": 7, "data": {"picture": f"http://ls/images/{image_id}/file"}},
+        "project": {"id": 3, "label_config": CONFIG},
+    }
+
+
+def test_webhook_stores_the_annotation_and_requests_a_retrain(stack: Stack, admin, scored) -> None:  # type: ignore[no-untyped-def]
+    pid, image = scored["pid"], scored["images"][0]
+    mask = np.full((H, W), 255, np.uint8)
+    mask[2:10, 3:20] = 1
+    mask[12:20, 5:9] = 2
+    r = admin.post(
+        f"/ls/{pid}/webhook", json=_annotation_payload(pid, image["id"], mask, "ANNOTATION_CREATED")
+    )
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["status"] == "ok" and body["revision"] == 1
+    stored = admin.get(f"/images/{image['id']}/mask")
+    import io
+
+    from PIL import Image as PILImage
+
+    assert np.array_equal(np.asarray(PILImage.open(io.BytesIO(stored.content))), mask)
+    with stack.db.session() as s:  # type: ignore[attr-defined]
+        rev = s.scalar(select(LabelRevision).where(LabelRevision.image_id == image["id"]))
+        assert rev is not None and rev.source == "webhook"
+        job = s.get(Job, body["job_id"])
+        assert job is not None and job.kind == "retrain" and job.project_id == pid
+    # the same event again (Label Studio retries) stores nothing new; an update does.
+    again = admin.post(
+        f"/ls/{pid}/webhook", json=_annotation_payload(pid, image["id"], mask, "ANNOTATION_CREATED")
+    )
+    assert again.status_code == 201 and again.json()["revision"] is None
+    mask[0, 0] = 2
+    upd = admin.post(
+        f"/ls/{pid}/webhook", json=_annotation_payload(pid, image["id"], mask, "ANNOTATION_UPDATED")
+    )
+    assert upd.status_code == 201 and upd.json()["revision"] == 2
+
+
+def test_webhook_start_training_and_other_events(admin, scored) -> None:  # type: ignore[no-untyped-def]
+    pid = scored["pid"]
+    r = admin.post(f"/ls/{pid}/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
+    assert r.status_code == 201 and r.json()["job_id"] > 0
+    r = admin.post(f"/ls/{pid}/webhook", json={"action": "PROJECT_UPDATED"})
+    assert r.status_code == 200 and r.json()["status"] == "ignored"
+
+
+def test_webhook_with_an_unknown_class_stores_nothing(stack: Stack, admin, scored) -> None:  # type: ignore[no-untyped-def]
+    pid, image = scored["pid"], scored["images"][1]
+    payload = _annotation_payload(pid, image["id"], np.ones((H, W), np.uint8), "ANNOTATION_CREATED")
+    payload["annotation"]["result"][0]["value"]["brushlabels"] = ["cat"]
+    r = admin.post(f"/ls/{pid}/webhook", json=payload)
+    assert r.status_code == 422 and "cat" in r.json()["detail"]
+    assert admin.get(f"/images/{image['id']}/revisions").json()["count"] == 0
+
+
+def test_annotators_may_annotate_but_not_start_training(stack: Stack, admin, scored) -> None:  # type: ignore[no-untyped-def]
+    pid = scored["pid"]
+    uid, token = make_user(admin, "annotator")
+    admin.post(f"/projects/{pid}/members", json={"user_id": uid})
+    with stack.client(token) as ann:
+        r = ann.post(f"/ls/{pid}/webhook", json={"action": "START_TRAINING"})
+        assert r.status_code == 403
+        assert ann.get(f"/ls/{pid}/health").status_code == 200
