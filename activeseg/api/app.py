@@ -19,6 +19,7 @@ from activeseg.api.routes import (
     labelstudio,
     loop,
     projects,
+    reports,
     tasks,
     users,
     webhooks,
@@ -86,6 +87,7 @@ def create_app(
         labelstudio,
         exports,
         webhooks,
+        reports,
     ):
         app.include_router(module.router)
     return app

@@ -8,6 +8,7 @@ from activeseg.core.storage import BlobStore
 from activeseg.core.tables import Job
 from activeseg.jobs.build_queue import build_queue
 from activeseg.jobs.deliver_webhook import deliver_webhook
+from activeseg.jobs.evaluate import evaluate
 from activeseg.jobs.retrain import retrain
 from activeseg.jobs.runner import Dispatcher, JobFunction, run_job
 from activeseg.jobs.score_pool import score_pool
@@ -18,6 +19,7 @@ JOB_FUNCTIONS: dict[str, JobFunction] = {
     "score_pool": score_pool,
     "build_queue": build_queue,
     "retrain": retrain,
+    "evaluate": evaluate,
     "deliver_webhook": deliver_webhook,
 }
 

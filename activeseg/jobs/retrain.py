@@ -136,6 +136,7 @@ def retrain(
             int(sum(int((m != 255).sum()) for m in masks)),
             parent.id if parent is not None else None,
         )
+    ctx.enqueue("evaluate", {"model_version_id": mv_id}, request_id=f"evaluate-{mv_id}")
     do_activate = settings.auto_activate if activate is None else activate
     with ctx.db.session() as s:
         project_row = s.get(Project, ctx.project_id)

@@ -1,0 +1,21 @@
+"""Dataset importers (numpy only): each yields ``Sample(name, image, mask)`` and lists classes."""
+
+from activeseg.datasets.base import IGNORE_INDEX, ClassDef, Dataset, Sample, to_uint8
+from activeseg.datasets.digits import digits
+from activeseg.datasets.folder import FolderDatasetError, folder
+from activeseg.datasets.nuclei import DatasetUnavailableError, nuclei
+from activeseg.datasets.registry import load_dataset
+
+__all__ = [
+    "IGNORE_INDEX",
+    "ClassDef",
+    "Dataset",
+    "DatasetUnavailableError",
+    "FolderDatasetError",
+    "Sample",
+    "digits",
+    "folder",
+    "load_dataset",
+    "nuclei",
+    "to_uint8",
+]

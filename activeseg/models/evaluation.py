@@ -1,0 +1,243 @@
+"""Evaluate a model version on labelled images: segmentation quality, calibration, and how well
+each uncertainty measure predicts the model's own errors.
+
+Everything streams image by image: the confusion matrix and the calibration bins are running
+sums, and the pixels for error detection (which needs a ranking over all pixels) are a uniform
+sample of bounded size (bottom-k of a random key per pixel, a streaming reservoir).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from activeseg.models.inference import Predictor
+from activeseg.models.preprocess import IGNORE_INDEX
+from activeseg.uncertainty import calibration
+from activeseg.uncertainty.measures import ENSEMBLE_MEASURES, SOFTMAX_MEASURES, compute_measures
+
+logger = logging.getLogger(__name__)
+
+MAX_DETECTION_PIXELS = 200_000
+"""Pixels kept for the error-detection AUROC/AUPR and for temperature fitting."""
+
+
+class PixelReservoir:
+    """A uniform random sample of at most ``capacity`` pixels from a stream of images.
+
+    Each pixel gets a random key and the ``capacity`` smallest keys are kept (bottom-k
+    sampling), so the sample is uniform without replacement whatever the number of images.
+    Columns are named 1-D arrays ``[P]`` (or ``[P, C]``) that are sampled together.
+    """
+
+    def __init__(self, capacity: int, seed: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.rng = np.random.default_rng(seed)
+        self.keys = np.zeros(0, dtype=np.float64)
+        self.columns: dict[str, np.ndarray] = {}
+        self.seen = 0
+
+    def add(self, columns: dict[str, np.ndarray]) -> None:
+        """Add the pixels of one image: every column has the same first dimension P."""
+        n = len(next(iter(columns.values())))
+        self.seen += n
+        if n == 0:
+            return
+        keys = np.concatenate([self.keys, self.rng.random(n)])
+        merged = {
+            name: np.concatenate([self.columns[name], values]) if name in self.columns else values
+            for name, values in columns.items()
+        }
+        if keys.size > self.capacity:
+            keep = np.argpartition(keys, self.capacity - 1)[: self.capacity]
+            keys = keys[keep]
+            merged = {name: values[keep] for name, values in merged.items()}
+        self.keys = keys
+        self.columns = merged
+
+
+def jsonable(value: Any) -> Any:
+    """Numpy scalars and arrays to Python floats/ints/lists, NaN and infinities to None."""
+    if isinstance(value, dict):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.bool_ | bool):
+        return bool(value)
+    if isinstance(value, np.integer | int):
+        return int(value)
+    if isinstance(value, np.floating | float):
+        return float(value) if math.isfinite(float(value)) else None
+    return value
+
+
+def iou_from_confusion(confusion: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Per-class IoU ``[C]`` (NaN where a class is neither labelled nor predicted), mIoU over the
+    other classes, and pixel accuracy, from ``confusion[true, predicted]`` ``[C, C]``."""
+    intersection = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(axis=0) + confusion.sum(axis=1) - intersection
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, intersection / union, np.nan)
+    present = union > 0
+    miou = float(iou[present].mean()) if present.any() else math.nan
+    total = confusion.sum()
+    accuracy = float(intersection.sum() / total) if total else math.nan
+    return iou, miou, accuracy
+
+
+def available_measures(
+    n_samples: int, measures: Sequence[str] | None
+) -> tuple[list[str], list[str]]:
+    """Split requested measures into those a stack of ``n_samples`` supports and the rest.
+
+    Default: every softmax measure, plus every ensemble measure when ``n_samples > 1``.
+    """
+    if measures is None:
+        measures = list(SOFTMAX_MEASURES) + (list(ENSEMBLE_MEASURES) if n_samples > 1 else [])
+    known = set(SOFTMAX_MEASURES) | set(ENSEMBLE_MEASURES)
+    unknown = [name for name in measures if name not in known]
+    if unknown:
+        raise ValueError(
+            f"unknown uncertainty measure(s) {unknown}; choose from "
+            f"{', '.join(SOFTMAX_MEASURES + ENSEMBLE_MEASURES)}"
+        )
+    usable = [name for name in measures if name in SOFTMAX_MEASURES or n_samples > 1]
+    skipped = [name for name in measures if name not in usable]
+    return usable, skipped
+
+
+def evaluate(
+    predictor: Predictor,
+    images: Iterable[np.ndarray],
+    masks: Iterable[np.ndarray],
+    n_classes: int,
+    measures: Sequence[str] | None = None,
+    *,
+    batch_size: int | None = None,
+    n_bins: int = 15,
+    max_detection_pixels: int = MAX_DETECTION_PIXELS,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Metrics of ``predictor`` on labelled images, as a JSON-ready dict (NaN -> None).
+
+    ``images``: uint8 ``[H, W]`` or ``[H, W, 3]``; ``masks``: uint8 ``[H, W]`` (255 = not
+    labelled; those pixels count nowhere). Segmentation quality and calibration use the mean
+    over the S samples (the predictive distribution). Keys: ``miou``, ``iou_per_class`` [C],
+    ``pixel_accuracy``, ``confusion`` [C][C] (rows = truth), ``ece``, ``mce``, ``brier``,
+    ``nll``, ``calibration_accuracy``, ``reliability`` {edges, confidence, accuracy, count},
+    ``error_detection`` {measure: {auroc, aupr}} on a uniform sample of at most
+    ``max_detection_pixels`` labelled pixels (an error = argmax differs from the label),
+    ``skipped_measures``, ``n_images``, ``n_labelled_pixels``, ``n_samples``, ``temperature``.
+    """
+    names, skipped = available_measures(predictor.n_samples, measures)
+    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    accumulator = calibration.CalibrationAccumulator(n_classes, n_bins, IGNORE_INDEX)
+    reservoir = PixelReservoir(max_detection_pixels, seed)
+    n_images = 0
+    for index, (stack, mask) in enumerate(
+        zip(predictor.predict(images, batch_size), masks, strict=True)
+    ):
+        if mask.shape != stack.shape[-2:]:
+            raise ValueError(
+                f"mask {index} has shape {mask.shape}, its image {tuple(stack.shape[-2:])}"
+            )
+        if stack.shape[1] != n_classes:
+            raise ValueError(f"model predicts {stack.shape[1]} classes, expected {n_classes}")
+        n_images += 1
+        labelled = mask != IGNORE_INDEX
+        truth = mask[labelled].astype(np.int64)
+        if truth.size and int(truth.max()) >= n_classes:
+            raise ValueError(f"mask {index} holds class id {int(truth.max())} >= {n_classes}")
+        mean = stack.mean(axis=0)  # [C, H, W]
+        predicted = mean.argmax(axis=0)[labelled]
+        confusion += np.bincount(
+            truth * n_classes + predicted, minlength=n_classes * n_classes
+        ).reshape(n_classes, n_classes)
+        accumulator.update(mean, mask)
+        if names and truth.size:
+            maps = compute_measures(stack, names)
+            columns = {name: maps[name][labelled] for name in names}
+            columns["_errors"] = predicted != truth
+            reservoir.add(columns)
+
+    iou, miou, pixel_accuracy = iou_from_confusion(confusion)
+    cal = accumulator.result()
+    reliability = cal["reliability"]
+    detection: dict[str, dict[str, float]] = {}
+    errors = reservoir.columns.get("_errors")
+    for name in names:
+        if errors is None:
+            detection[name] = {"auroc": math.nan, "aupr": math.nan}
+            continue
+        scores = reservoir.columns[name]
+        detection[name] = {
+            "auroc": calibration.error_detection_auroc(scores, errors),
+            "aupr": calibration.error_detection_aupr(scores, errors),
+        }
+    return jsonable(
+        {
+            "n_images": n_images,
+            "n_labelled_pixels": int(confusion.sum()),
+            "n_samples": predictor.n_samples,
+            "temperature": predictor.temperature,
+            "miou": miou,
+            "iou_per_class": iou,
+            "pixel_accuracy": pixel_accuracy,
+            "confusion": confusion,
+            "ece": cal["ece"],
+            "mce": cal["mce"],
+            "brier": cal["brier"],
+            "nll": cal["nll"],
+            "calibration_accuracy": cal["accuracy"],
+            "reliability": {
+                "edges": reliability.edges,
+                "confidence": reliability.confidence,
+                "accuracy": reliability.accuracy,
+                "count": reliability.count,
+            },
+            "error_detection": detection,
+            "error_detection_pixels": int(reservoir.keys.size),
+            "skipped_measures": skipped,
+        }
+    )
+
+
+def fit_temperature_on(
+    predictor: Predictor,
+    images: Iterable[np.ndarray],
+    masks: Iterable[np.ndarray],
+    *,
+    max_pixels: int = MAX_DETECTION_PIXELS,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> float:
+    """Fit this version's temperature (Guo et al. 2017) on labelled validation pixels.
+
+    Collects the unscaled logits ``[C, H, W]`` per image (the mean over samples for an
+    ensemble or MC dropout, an approximation of scaling every sample), keeps a seeded uniform
+    sample of at most ``max_pixels`` labelled pixels, and minimises their NLL over T.
+    """
+    reservoir = PixelReservoir(max_pixels, seed)
+    for logits, mask in zip(
+        predictor.predict_logits(images, batch_size, reduce="mean"), masks, strict=True
+    ):
+        table, labels = calibration.flatten_pixels(logits, mask, IGNORE_INDEX)
+        reservoir.add({"logits": table, "labels": labels})
+    if "labels" not in reservoir.columns or reservoir.keys.size == 0:
+        raise ValueError("fit_temperature_on needs at least one labelled validation pixel")
+    temperature = calibration.fit_temperature(
+        reservoir.columns["logits"], reservoir.columns["labels"]
+    )
+    logger.info(
+        "fitted temperature",
+        extra={"temperature": temperature, "pixels": int(reservoir.keys.size)},
+    )
+    return temperature

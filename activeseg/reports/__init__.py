@@ -1,0 +1,26 @@
+"""Model-version reports: is this model's softmax a usable uncertainty, and does labelling pay?
+
+One report per model version, computed by the ``evaluate`` job (:mod:`activeseg.jobs.evaluate`)
+and stored in ``ModelVersion.report``:
+
+- ``calibration``: ECE (equal-width and adaptive bins), MCE, Brier and NLL of the predictive
+  distribution on held-out labelled pixels, before (``T = 1``) and after the version's fitted
+  temperature, with reliability diagrams (:mod:`activeseg.reports.calibration`);
+- ``error_detection``: AUROC/AUPR of every uncertainty measure against the model's pixel errors,
+  ROC curves, a paired bootstrap over images and a verdict (:mod:`activeseg.reports.detection`);
+- ``shift``: the same figures on perturbed copies of the held-out images and on pure-noise
+  inputs (:mod:`activeseg.reports.shift`);
+- ``learning_curve``: mIoU per version vs labelled pixels and regions, with an attached random
+  baseline from ``activeseg simulate`` (:mod:`activeseg.reports.learning_curve`).
+
+Layering: pure computation on arrays and plain dicts (numpy, the uncertainty layer, and torch
+only through :class:`activeseg.models.inference.Predictor`); no database, no HTTP. Plots are
+PNG bytes (matplotlib, Agg, no pyplot state: :mod:`activeseg.reports.plots`) and the HTML page is
+a string (:mod:`activeseg.reports.html`). Submodules are imported on demand so that the API
+never imports torch or matplotlib just to serve a stored report.
+"""
+
+REPORT_SCHEMA_VERSION = 1
+"""Bumped when the layout of the stored report changes."""
+
+__all__ = ["REPORT_SCHEMA_VERSION"]

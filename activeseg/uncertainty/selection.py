@@ -1,0 +1,180 @@
+"""Select a batch of regions to label from their scores.
+
+A plain top-k picks many near-duplicate regions (neighbours in one uncertain image). Following
+Kirsch et al. 2023 ("Stochastic Batch Acquisition: A Simple Baseline for Deep Active Learning",
+TMLR), the default samples the batch without replacement with probabilities that grow with the
+score:
+
+- ``power``: ``p ∝ score ** beta`` (the paper's recommended default);
+- ``softmax``: ``p ∝ exp(beta * score)``;
+- ``softrank``: ``p ∝ rank ** -beta``, rank 1 = highest score (ties share the lower rank);
+- ``top_k``: the k highest scores (ties: lower index first), deterministic;
+- ``random``: uniform, ignoring scores (the baseline every strategy must beat).
+
+Sampling without replacement is vectorised with the Gumbel-top-k trick (Kool, van Hoof and
+Welling 2019, "Stochastic Beams and Where to Find Them"): ``key = log p + Gumbel noise``, sort
+descending. A greedy pass then walks that order once, skipping candidates of an image that
+already holds ``per_image_cap`` selected regions or closer than ``min_distance`` to a region
+selected in the same image (with the cap alone this pass is vectorised). The returned order is
+the queue priority order.
+
+Eligibility: a candidate with score NaN or ``-inf`` (fully labelled, see
+:func:`activeseg.uncertainty.pooling.mask_labelled_regions`) is never selected. A score of 0
+(or below) carries no uncertainty: only ``random`` may select it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from scipy.stats import rankdata
+
+__all__ = ["STRATEGIES", "Strategy", "select_regions"]
+
+Strategy = Literal["top_k", "random", "power", "softmax", "softrank"]
+STRATEGIES: tuple[str, ...] = ("top_k", "random", "power", "softmax", "softrank")
+
+
+def _sort_keys(
+    scores: npt.NDArray[np.float64], strategy: str, beta: float, rng: np.random.Generator
+) -> npt.NDArray[np.float64]:
+    """Keys whose descending order is the sampled order (``scores`` are the eligible ones)."""
+    if strategy == "top_k":
+        return scores
+    gumbel: npt.NDArray[np.float64] = np.asarray(rng.gumbel(size=scores.shape[0]))
+    if strategy == "random":
+        return gumbel
+    if strategy == "power":
+        return np.asarray(beta * np.log(scores) + gumbel, dtype=np.float64)
+    if strategy == "softmax":
+        return np.asarray(beta * scores + gumbel, dtype=np.float64)
+    # softrank
+    ranks = np.asarray(rankdata(-scores, method="min"), dtype=np.float64)
+    return -beta * np.log(ranks) + gumbel
+
+
+def select_regions(
+    scores: npt.ArrayLike,
+    image_index: npt.ArrayLike,
+    k: int,
+    strategy: Strategy = "power",
+    per_image_cap: int | None = None,
+    min_distance: float | None = None,
+    centroids: npt.ArrayLike | None = None,
+    beta: float = 1.0,
+    seed: int = 0,
+) -> npt.NDArray[np.int64]:
+    """Choose up to ``k`` candidate regions, in priority order.
+
+    Args:
+        scores: float ``[N]`` pooled uncertainty per candidate region (higher = more useful);
+            NaN or ``-inf`` = never select.
+        image_index: int ``[N]`` image of each candidate (for the cap and the distance rule).
+        k: batch size.
+        strategy: see the module docstring; ``power`` by default (Kirsch et al. 2023).
+        per_image_cap: at most this many regions per image.
+        min_distance: selected regions of the same image keep centroids at least this many
+            pixels apart. Needs ``centroids``.
+        centroids: float ``[N, 2]`` ``(y, x)`` region centres
+            (:attr:`activeseg.uncertainty.regions.RegionMap.centroids`).
+        beta: sharpness (``>= 0``; 0 = uniform among eligible candidates; large = top-k).
+            Ignored by ``top_k`` and ``random``.
+        seed: seed of ``np.random.default_rng``; the same inputs and seed give the same batch.
+
+    Returns:
+        int64 indices into the candidate arrays, in selection (queue priority) order; fewer
+        than ``k`` when not enough eligible candidates pass the rules.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    img = np.asarray(image_index)
+    if s.ndim != 1 or img.shape != s.shape:
+        raise ValueError(
+            f"scores and image_index must both have shape [N], got {s.shape} and {img.shape}"
+        )
+    if img.dtype.kind not in "iu":
+        raise ValueError(f"image_index must be integer, got dtype {img.dtype}")
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    if not (np.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta must be a finite number >= 0, got {beta}")
+    if np.any(s == np.inf):
+        raise ValueError("scores must not be +inf (use -inf or NaN for 'never select')")
+    if per_image_cap is not None and per_image_cap < 1:
+        raise ValueError(f"per_image_cap must be >= 1 or None, got {per_image_cap}")
+    cents: npt.NDArray[np.float64] | None = None
+    if min_distance is not None:
+        if not min_distance >= 0:
+            raise ValueError(f"min_distance must be >= 0, got {min_distance}")
+        if centroids is None:
+            raise ValueError("min_distance needs centroids [N, 2] (y, x) of the candidates")
+        cents = np.asarray(centroids, dtype=np.float64)
+        if cents.shape != (s.shape[0], 2):
+            raise ValueError(
+                f"centroids must have shape [N, 2] = {(s.shape[0], 2)}, got {cents.shape}"
+            )
+
+    eligible = np.isfinite(s)
+    if strategy != "random":
+        eligible &= s > 0
+    candidates = np.flatnonzero(eligible)
+    if k == 0 or candidates.size == 0:
+        return np.empty(0, np.int64)
+    rng = np.random.default_rng(seed)
+    keys = _sort_keys(s[candidates], strategy, float(beta), rng)
+    order = candidates[np.argsort(-keys, kind="stable")].astype(np.int64)
+    if cents is None or min_distance is None:
+        if per_image_cap is not None:
+            order = order[_rank_within_image(img[order]) < per_image_cap]
+        return order[:k]
+    return _greedy_spread(order, img, k, float(min_distance), cents, per_image_cap)
+
+
+def _rank_within_image(image_of: npt.NDArray[np.integer]) -> npt.NDArray[np.int64]:
+    """For a sequence of image ids, how many earlier entries share each entry's image.
+
+    ``[3, 5, 3, 3, 5] -> [0, 0, 1, 2, 1]``: a stable sort by image, then the position inside
+    each run. Vectorised, so the per-image cap needs no loop.
+    """
+    n = image_of.shape[0]
+    perm = np.argsort(image_of, kind="stable")
+    sorted_ids = image_of[perm]
+    run_start = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
+    run_length = np.diff(np.r_[run_start, n])
+    position = np.arange(n, dtype=np.int64) - np.repeat(run_start, run_length)
+    rank = np.empty(n, np.int64)
+    rank[perm] = position
+    return rank
+
+
+def _greedy_spread(
+    order: npt.NDArray[np.int64],
+    image_index: npt.NDArray[np.integer],
+    k: int,
+    min_distance: float,
+    centroids: npt.NDArray[np.float64],
+    per_image_cap: int | None,
+) -> npt.NDArray[np.int64]:
+    """One greedy pass over the sampled order, skipping candidates of a full image or too close
+    to a region already selected in the same image. The loop runs over visited candidates (at
+    most N, usually about k), each compared with the few already selected in its image."""
+    cap = per_image_cap if per_image_cap is not None else k
+    min_d2 = min_distance**2
+    chosen_centres: dict[int, list[tuple[float, float]]] = {}
+    selected: list[int] = []
+    images = image_index[order].tolist()
+    centres = centroids[order].tolist()
+    for idx, image, (y, x) in zip(order.tolist(), images, centres, strict=True):
+        others = chosen_centres.setdefault(image, [])
+        if len(others) >= cap:
+            continue
+        if any((y - oy) ** 2 + (x - ox) ** 2 < min_d2 for oy, ox in others):
+            continue
+        others.append((y, x))
+        selected.append(idx)
+        if len(selected) == k:
+            break
+    return np.asarray(selected, dtype=np.int64)

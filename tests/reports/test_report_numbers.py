@@ -1,0 +1,197 @@
+"""The report's numbers are the uncertainty core's numbers on the same pixels.
+
+A small UNet with fixed (seeded) weights predicts fixed digit canvases. Every figure of the
+calibration and error-detection sections is recomputed here independently: probabilities from
+``Predictor.predict`` (with and without the temperature), pixels from ``flatten_pixels``,
+metrics from ``activeseg.uncertainty``; they must be equal.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from activeseg.datasets.digits import digits
+from activeseg.models.config import ModelConfig
+from activeseg.models.inference import Predictor
+from activeseg.models.unet import UNet
+from activeseg.reports.build import ReportOptions, model_sections
+from activeseg.reports.collect import collect_pixels
+from activeseg.reports.detection import bootstrap_auroc_difference, roc_points
+from activeseg.reports.shift import PERTURBATIONS, perturb
+from activeseg.uncertainty import (
+    brier_score,
+    compute_measures,
+    error_detection_aupr,
+    error_detection_auroc,
+    expected_calibration_error,
+    flatten_pixels,
+    maximum_calibration_error,
+    negative_log_likelihood,
+)
+
+TEMPERATURE = 1.7
+
+
+def fixed_config(method: str) -> ModelConfig:
+    return ModelConfig(
+        in_channels=1,
+        n_classes=11,
+        depth=2,
+        base_channels=8,
+        dropout=0.3,
+        method=method,  # type: ignore[arg-type]
+        mc_samples=4,
+        batch_size=4,
+        device="cpu",
+        seed=5,
+    )
+
+
+def fixed_predictor(method: str, temperature: float | None) -> Predictor:
+    """The same seeded weights every time: a fixed model, no training."""
+    config = fixed_config(method)
+    torch.manual_seed(11)
+    net = UNet.from_config(config)
+    return Predictor([net], config, temperature)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Four canvases (uint8 [64, 64]); masks partly unlabelled (255) to exercise the filter."""
+    samples = list(digits(4, seed=7))
+    masks = []
+    for i, s in enumerate(samples):
+        mask = s.mask.copy()
+        mask[: 8 * (i + 1), :20] = 255
+        masks.append(mask)
+    return [s.image for s in samples], masks
+
+
+def independent(method: str, images: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, Any]:
+    """Calibration and detection figures straight from the core, no report code involved."""
+    raw = list(fixed_predictor(method, None).predict(images))  # [S, C, H, W] each
+    scaled = list(fixed_predictor(method, TEMPERATURE).predict(images))
+    p1, labels = flatten_pixels(np.stack([s.mean(axis=0) for s in raw]), np.stack(masks))
+    pt, _ = flatten_pixels(np.stack([s.mean(axis=0) for s in scaled]), np.stack(masks))
+    names = ["least_confidence", "margin", "entropy"]
+    if raw[0].shape[0] > 1:
+        names += ["predictive_entropy", "mutual_information", "variation_ratio"]
+    labelled = [m != 255 for m in masks]
+    columns = {
+        name: np.concatenate(
+            [compute_measures(s, names)[name][keep] for s, keep in zip(raw, labelled, strict=True)]
+        )
+        for name in names
+    }
+    columns["entropy_t"] = np.concatenate(
+        [
+            compute_measures(s, ["entropy"])["entropy"][k]
+            for s, k in zip(scaled, labelled, strict=True)
+        ]
+    )
+    errors = pt.argmax(axis=1) != labels
+    return {"p1": p1, "pt": pt, "labels": labels, "columns": columns, "errors": errors}
+
+
+@pytest.mark.parametrize("method", ["mc_dropout", "single"])
+def test_report_numbers_equal_the_uncertainty_core(method: str, data) -> None:  # type: ignore[no-untyped-def]
+    images, masks = data
+    sections = model_sections(
+        fixed_predictor(method, TEMPERATURE),  # its own temperature must not matter
+        images,
+        masks,
+        split="val",
+        temperature=TEMPERATURE,
+        options=ReportOptions(n_boot=50, max_shift_images=2),
+    )
+    ref = independent(method, images, masks)
+    p1, pt, y = ref["p1"], ref["pt"], ref["labels"]
+    cal = sections["calibration"]
+    assert cal["n_pixels"] == cal["n_pixels_total"] == y.size  # every labelled pixel, no sample
+    for key, probs in (("before", p1), ("after", pt)):
+        got = cal[key]
+        assert got["ece"] == expected_calibration_error(probs, y, 15)
+        assert got["ece_adaptive"] == expected_calibration_error(probs, y, 15, adaptive=True)
+        assert got["mce"] == maximum_calibration_error(probs, y, 15)
+        assert got["brier"] == brier_score(probs, y)
+        assert got["nll"] == negative_log_likelihood(probs, y)
+        assert got["accuracy"] == np.mean(probs.argmax(axis=1) == y)
+        assert sum(got["reliability"]["count"]) == y.size
+    assert cal["after"]["nll"] != cal["before"]["nll"]  # the temperature was applied
+
+    det = sections["error_detection"]
+    errors = ref["errors"]
+    assert det["n_errors"] == int(errors.sum()) and 0 < det["n_errors"] < y.size
+    rows = {r["measure"]: r for r in det["rows"]}
+    columns = ref["columns"]
+    assert set(columns) <= set(rows)
+    for name, values in columns.items():
+        assert rows[name]["auroc"] == error_detection_auroc(values, errors), name
+        assert rows[name]["aupr"] == error_detection_aupr(values, errors), name
+    if method == "single":
+        assert "mutual_information" not in rows and det["comparison"] is None
+        assert "Single network" in det["verdict"]
+    else:
+        assert {"mutual_information", "entropy_one_pass"} <= set(rows)
+        comp = det["comparison"]
+        assert comp["difference"] == pytest.approx(
+            rows[comp["ensemble"]]["auroc"] - rows[comp["softmax"]]["auroc"]
+        )
+        assert comp["ci_low"] <= comp["ci_high"] and comp["n_images"] == 4
+        assert comp["ensemble"] in det["verdict"]
+
+    shift = sections["shift"]
+    assert list(shift["conditions"]) == ["clean", *PERTURBATIONS]
+    clean = shift["conditions"]["clean"]
+    two = flatten_pixels(
+        np.stack([s.mean(axis=0) for s in fixed_predictor(method, None).predict(images[:2])]),
+        np.stack(masks[:2]),
+    )[0]
+    assert clean["mean_max_prob"] == pytest.approx(
+        float(two.max(axis=1).mean(dtype=np.float64)), rel=1e-12
+    )
+    assert shift["conditions"]["uniform_noise"]["accuracy"] is None
+
+
+def test_pixel_cap_samples_uniformly_per_image(data) -> None:  # type: ignore[no-untyped-def]
+    images, masks = data
+    sample = collect_pixels(
+        fixed_predictor("single", None), images, masks, temperature=None, max_pixels=400, seed=3
+    )
+    assert sample.n_pixels == 400 and np.bincount(sample.image_index).tolist() == [100] * 4
+    assert sample.n_pixels_total == sum(int((m != 255).sum()) for m in masks)
+    assert (sample.labels != 255).all()
+
+
+def test_perturbations_keep_shape_and_dtype(data) -> None:  # type: ignore[no-untyped-def]
+    image = data[0][0]
+    for kind in PERTURBATIONS:
+        out = perturb(image, kind, np.random.default_rng(0))
+        assert out.shape == image.shape and out.dtype == np.uint8
+        assert not np.array_equal(out, image), kind
+    assert perturb(image, "contrast", np.random.default_rng(0)).std() < 0.5 * image.std()
+    with pytest.raises(ValueError, match="unknown perturbation"):
+        perturb(image, "rain", np.random.default_rng(0))
+
+
+def test_roc_points_and_bootstrap() -> None:
+    rng = np.random.default_rng(0)
+    errors = rng.random(2000) < 0.2
+    perfect = errors + 0.01 * rng.random(2000)
+    noise = rng.random(2000)
+    roc = roc_points(perfect, errors)
+    assert roc["fpr"][0] == 0 and roc["tpr"][-1] == 1 and roc["fpr"][-1] == 1
+    assert len(roc["fpr"]) <= 200
+    assert roc_points(noise, np.zeros(2000, bool)) == {"fpr": [], "tpr": []}
+    images = np.repeat(np.arange(20), 100)
+    better = bootstrap_auroc_difference(perfect, noise, errors, images, n_boot=100)
+    assert better["ci_low"] > 0.3 and better["n_images"] == 20
+    same = bootstrap_auroc_difference(noise, noise, errors, images, n_boot=20)
+    assert same["difference"] == 0 and same["ci_low"] == same["ci_high"] == 0
+    one = bootstrap_auroc_difference(perfect, noise, errors, np.zeros(2000), n_boot=20)
+    assert one["ci_low"] is None and math.isfinite(one["difference"])
