@@ -109,7 +109,7 @@ def test_bootstrap_annotate_retrain_rescore_requeue(stack: Stack, admin, worker)
         assert time.monotonic() < deadline, jobs
         time.sleep(0.5)
     kinds = sorted(j["kind"] for j in jobs)
-    assert kinds == ["build_queue", "build_queue", "retrain", "score_pool"]
+    assert kinds == ["build_queue", "build_queue", "evaluate", "retrain", "score_pool"]
     with stack.db.session() as s:  # type: ignore[attr-defined]
         rnd = s.scalar(select(Round).where(Round.project_id == pid, Round.number == 2))
         assert rnd.model_version_id == mv_id and rnd.measure == "mutual_information"
