@@ -43,10 +43,12 @@ def test_config_round_trips_through_json() -> None:
     assert ModelConfig.model_validate_json(config.model_dump_json()) == config
 
 
-def test_auto_is_cpu_here_and_cuda_is_refused_clearly() -> None:
-    if torch.cuda.is_available():
-        pytest.skip("this check is for a machine without CUDA")
-    assert resolve_device("auto") == torch.device("cpu")
+def test_auto_follows_cuda_and_cuda_without_it_is_refused_clearly() -> None:
     assert resolve_device("cpu") == torch.device("cpu")
+    if torch.cuda.is_available():  # a GPU machine: auto and cuda both pick it
+        assert resolve_device("auto").type == "cuda"
+        assert resolve_device("cuda").type == "cuda"
+        return
+    assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(DeviceUnavailableError, match="device 'cuda'.*use device 'auto'"):
         resolve_device("cuda")
