@@ -10,6 +10,17 @@ import httpx
 import numpy as np
 from PIL import Image
 
+# Debian's Chromium, headless, as root, on a machine without outside network.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
 _counter = itertools.count()
 
 

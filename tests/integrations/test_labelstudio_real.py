@@ -43,8 +43,9 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Cli
     binary = os.environ.get("ACTIVESEG_LABEL_STUDIO_BIN") or shutil.which("label-studio")
     if not binary:
         # Opted in (ACTIVESEG_LABEL_STUDIO=1) but nothing to run: that is a failed set-up.
-        pytest.fail("no label-studio command: pip install label-studio, or set "
-                    "ACTIVESEG_LABEL_STUDIO_BIN")
+        pytest.fail(
+            "no label-studio command: pip install label-studio, or set ACTIVESEG_LABEL_STUDIO_BIN"
+        )
     data: Path = tmp_path_factory.mktemp("label-studio")
     port = free_port()
     # Its SSRF guard refuses loopback URLs; the service under test listens on 127.0.0.1.

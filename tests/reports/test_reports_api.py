@@ -23,17 +23,8 @@ from activeseg.core.tables import Job, ModelVersion, User
 from activeseg.datasets.digits import digits
 from activeseg.jobs.registry import inline_dispatcher
 from tests.conftest import Stack
-from tests.utils import unique
+from tests.utils import CHROMIUM, CHROMIUM_ARGS, unique
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 TINY = ModelSettings(
     method="mc_dropout",
     mc_samples=3,

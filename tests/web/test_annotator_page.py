@@ -35,17 +35,17 @@ from activeseg.core.tables import (
 from activeseg.jobs.registry import inline_dispatcher
 from activeseg.jobs.score_pool import encode_heatmaps
 from tests.conftest import Stack
-from tests.utils import image_bytes, make_project, make_user, png_bytes, unique, upload
+from tests.utils import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    image_bytes,
+    make_project,
+    make_user,
+    png_bytes,
+    unique,
+    upload,
+)
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 CLASSES = [
     {"id": 0, "name": "background", "colour": "#3b82f6"},
     {"id": 1, "name": "cell", "colour": "#f97316"},
