@@ -70,3 +70,15 @@ def upload(
         files=[("files", (name, data, "application/octet-stream")) for name, data in files],
         data=form,
     )
+
+
+def build_queue_inline(stack: Any, project_id: int) -> int:
+    """Request a build_queue job and run it in this process (no broker); returns its id."""
+    from activeseg.core.services.jobs import request_job
+    from activeseg.jobs.registry import inline_dispatcher
+
+    with stack.db.session() as s:
+        job, _ = request_job(s, project_id=project_id, kind="build_queue", params={})
+        job_id = int(job.id)
+    inline_dispatcher(stack.db, stack.store, stack.settings)(job_id)
+    return job_id

@@ -12,11 +12,9 @@ import pytest
 from PIL import Image
 from sqlalchemy import select, update
 
-from activeseg.core.services.jobs import request_job
 from activeseg.core.tables import LabelRevision, Task
-from activeseg.jobs.registry import inline_dispatcher
 from tests.conftest import Stack
-from tests.utils import image_bytes, make_project, make_user, png_bytes, upload
+from tests.utils import build_queue_inline, image_bytes, make_project, make_user, png_bytes, upload
 
 
 def decode_png(data: bytes) -> np.ndarray:
@@ -39,9 +37,7 @@ def queued(stack: Stack, admin) -> dict[str, Any]:  # type: ignore[no-untyped-de
     pid = project["id"]
     files = [(f"{i}.png", image_bytes(32, 32, seed=40 + i)) for i in range(3)]
     images = [d["image"] for d in upload(admin, pid, *files).json()["data"]]
-    with stack.db.session() as s:  # type: ignore[attr-defined]
-        job, _ = request_job(s, project_id=pid, kind="build_queue", params={})
-    inline_dispatcher(stack.db, stack.store, stack.settings)(job.id)  # type: ignore[arg-type]
+    build_queue_inline(stack, pid)
     with stack.db.session() as s:  # type: ignore[attr-defined]
         rows = s.scalars(select(Task).where(Task.project_id == pid).order_by(Task.id)).all()
         assert len(rows) == 6
@@ -150,9 +146,7 @@ def test_patch_outside_the_region_is_refused(stack: Stack, admin) -> None:  # ty
     yy, xx = np.mgrid[:48, :48]
     disc = np.where((yy - 20) ** 2 + (xx - 26) ** 2 < 15**2, 220, 30).astype(np.uint8)
     upload(admin, pid, ("disc.png", png_bytes(disc)))
-    with stack.db.session() as s:  # type: ignore[attr-defined]
-        job, _ = request_job(s, project_id=pid, kind="build_queue", params={})
-    inline_dispatcher(stack.db, stack.store, stack.settings)(job.id)  # type: ignore[arg-type]
+    build_queue_inline(stack, pid)
     # Lease until a superpixel that does not fill its bounding box (the disc's edge has them).
     while True:
         r = admin.post(f"/projects/{pid}/tasks/next")

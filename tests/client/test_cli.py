@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import Stack
 from tests.integrations.helpers import hand_mask, put_mask
-from tests.utils import image_bytes, make_user, png_bytes
+from tests.utils import build_queue_inline, image_bytes, make_user, png_bytes
 
 
 def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -197,8 +197,6 @@ def test_jobs_follow_shows_a_job_until_it_ends(stack: Stack, admin, cli) -> None
 
 
 def test_next_prints_a_lease(stack: Stack, admin, cli) -> None:  # type: ignore[no-untyped-def]
-    from activeseg.core.services.jobs import request_job
-    from activeseg.jobs.registry import inline_dispatcher
 
     env = cli["env"]
     settings = json.dumps({"region_kind": "grid", "region_size": 16, "batch_size": 2})
@@ -209,9 +207,7 @@ def test_next_prints_a_lease(stack: Stack, admin, cli) -> None:  # type: ignore[
     (cli["tmp"] / "n").mkdir()
     (cli["tmp"] / "n" / "x.png").write_bytes(image_bytes(32, 32, seed=9))
     run(env, "upload", str(pid), str(cli["tmp"] / "n"))
-    with stack.db.session() as s:  # type: ignore[attr-defined]
-        job, _ = request_job(s, project_id=pid, kind="build_queue", params={})
-    inline_dispatcher(stack.db, stack.store, stack.settings)(job.id)  # type: ignore[arg-type]
+    build_queue_inline(stack, pid)
     lease = json.loads(run(env, "next", str(pid)).stdout)
     assert lease["task"]["project_id"] == pid
     assert not any(k.endswith("_png") for k in lease)

@@ -38,6 +38,7 @@ from tests.conftest import Stack
 from tests.utils import (
     CHROMIUM,
     CHROMIUM_ARGS,
+    build_queue_inline,
     image_bytes,
     make_project,
     make_user,
@@ -100,9 +101,7 @@ def labelling(stack: Stack, admin: Any) -> dict[str, Any]:
     files = [(f"cells{i}.png", png_bytes(cells_image(i)[0])) for i in range(3)]
     up = upload(admin, pid, *files)
     assert up.status_code == 201, up.text
-    with stack.db.session() as s:  # type: ignore[attr-defined]
-        job, _ = request_job(s, project_id=pid, kind="build_queue", params={})
-    inline_dispatcher(stack.db, stack.store, stack.settings)(job.id)  # type: ignore[arg-type]
+    build_queue_inline(stack, pid)
     assert admin.get(f"/projects/{pid}/queue").json()["queued"] == 6
     uid, token = make_user(admin, "annotator")
     assert admin.post(f"/projects/{pid}/members", json={"user_id": uid}).status_code == 204
