@@ -1,4 +1,5 @@
-# One image for the API, the workers and flower.
+# One image for the migrate step, the API, the workers, beat and flower. Blobs go to an S3 bucket
+# (ACTIVESEG_STORAGE_URL=s3://...; MinIO in docker-compose.yml), so containers keep no state.
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 # torch==2.13.0 from the default index is a CUDA build; pass a CPU wheel index for small images:

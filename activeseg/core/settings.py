@@ -34,9 +34,23 @@ class Settings(BaseSettings):
     # a redelivery may claim it, and the maintenance sweep re-dispatches it.
     job_stale_after_s: float = Field(default=30.0, gt=0)
     maintenance_interval_s: float = Field(default=10.0, gt=0)
+    # A job dispatched but not started after this long is sent again: Redis keeps nothing on
+    # disk, so a restart loses the messages waiting in it. Keep it above the longest wait for
+    # a free worker; an extra message costs nothing (the job runs once).
+    job_redispatch_after_s: float = Field(default=900.0, gt=0)
+    # An unreferenced blob is swept only once older than this: longer than the longest time
+    # between a blob write and the commit of its row (a retrain evaluates before committing).
+    orphan_blob_grace_s: float = Field(default=24 * 3600.0, gt=0)
     max_upload_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0)
     max_images_per_upload: int = Field(default=500, gt=0)
+    # Requests per minute per API token (a token bucket: bursts up to the limit, refilled
+    # evenly); 0 = no limit. Kept in each API process's memory (never Redis: annotation must
+    # keep working when Redis is down), so with N API processes a token may get up to N times
+    # this. tasks: lease next, heartbeat, release, skip, submit; uploads: image upload, mask
+    # PUT, label import.
+    rate_limit_tasks_per_minute: int = Field(default=600, ge=0)
+    rate_limit_uploads_per_minute: int = Field(default=60, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = None
     log_level: str = "INFO"

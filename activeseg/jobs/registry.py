@@ -12,6 +12,7 @@ from activeseg.jobs.evaluate import evaluate
 from activeseg.jobs.retrain import retrain
 from activeseg.jobs.runner import Dispatcher, JobFunction, run_job
 from activeseg.jobs.score_pool import score_pool
+from activeseg.jobs.sweep_orphan_blobs import sweep_orphan_blobs
 from activeseg.jobs.verify_storage import verify_storage
 
 JOB_FUNCTIONS: dict[str, JobFunction] = {
@@ -21,6 +22,7 @@ JOB_FUNCTIONS: dict[str, JobFunction] = {
     "retrain": retrain,
     "evaluate": evaluate,
     "deliver_webhook": deliver_webhook,
+    "sweep_orphan_blobs": sweep_orphan_blobs,
 }
 
 

@@ -6,15 +6,21 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from celery import Celery
-from sqlalchemy import update
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from activeseg.core.db import Database
-from activeseg.core.services.jobs import mark_dispatched, undispatched
+from activeseg.core.services.jobs import mark_dispatched, request_job, undispatched
 from activeseg.core.services.tasks import expire_leases
 from activeseg.core.tables import Job, JobState
 from activeseg.worker.app import task_name
 
 log = logging.getLogger(__name__)
+
+# The maintenance task requests an orphan-blob sweep job this often (activeseg/jobs/
+# sweep_orphan_blobs.py): listing a whole bucket every few seconds would cost more than orphans.
+ORPHAN_SWEEP_EVERY_S = 3600.0
+ORPHAN_SWEEP_KIND = "sweep_orphan_blobs"
 
 
 def dispatch(db: Database, celery: Celery, job_id: int) -> bool:
@@ -36,16 +42,60 @@ def dispatch(db: Database, celery: Celery, job_id: int) -> bool:
     return True
 
 
-def run_maintenance(db: Database, celery: Celery, stale_after_s: float) -> dict[str, int]:
-    """Dispatch the outbox, and return jobs whose worker died (stale heartbeat) to pending."""
-    stale = datetime.now(UTC) - timedelta(seconds=stale_after_s)
+def request_orphan_sweep(session: Session, every_s: float = ORPHAN_SWEEP_EVERY_S) -> int | None:
+    """The id of a new sweep job if one is due (none requested in the last ``every_s``
+    seconds, none still running), else None. Shared by every worker through the database."""
+    last = session.scalar(
+        select(Job.created_at)
+        .where(Job.kind == ORPHAN_SWEEP_KIND, Job.project_id.is_(None))
+        .order_by(Job.created_at.desc())
+        .limit(1)
+    )
+    if last is not None and last > datetime.now(UTC) - timedelta(seconds=every_s):
+        return None
+    job, created = request_job(session, project_id=None, kind=ORPHAN_SWEEP_KIND)
+    return job.id if created else None
+
+
+def run_maintenance(
+    db: Database,
+    celery: Celery,
+    stale_after_s: float,
+    orphan_sweep_every_s: float = ORPHAN_SWEEP_EVERY_S,
+    redispatch_after_s: float | None = None,
+) -> dict[str, int]:
+    """Dispatch the outbox, return jobs whose worker died (stale heartbeat) to pending, send
+    again jobs queued for longer than ``redispatch_after_s`` (their message may have died with
+    a broker that keeps nothing on disk; a duplicate message is harmless, a job runs once), and
+    request the orphan-blob sweep when it is due."""
+    now = datetime.now(UTC)
+    stale = now - timedelta(seconds=stale_after_s)
     with db.session() as s:
         revived = s.execute(
             update(Job)
             .where(Job.state == JobState.running.value, Job.heartbeat_at < stale)
             .values(state=JobState.pending.value, message="worker lost; re-dispatched")
         ).rowcount  # type: ignore[attr-defined]
+        lost = 0
+        if redispatch_after_s is not None:
+            lost = s.execute(
+                update(Job)
+                .where(
+                    Job.state == JobState.queued.value,
+                    Job.dispatched_at < now - timedelta(seconds=redispatch_after_s),
+                )
+                .values(state=JobState.pending.value, message="not started; sent again")
+            ).rowcount  # type: ignore[attr-defined]
         pending = undispatched(s, older_than_s=2.0)
         expired = expire_leases(s)
+        sweep = request_orphan_sweep(s, orphan_sweep_every_s)
     sent = sum(dispatch(db, celery, job_id) for job_id in pending)
-    return {"revived": revived, "dispatched": sent, "leases_expired": expired}
+    if sweep is not None:
+        dispatch(db, celery, sweep)
+    return {
+        "revived": revived,
+        "redispatched": lost,
+        "dispatched": sent,
+        "leases_expired": expired,
+        "orphan_sweeps_requested": int(sweep is not None),
+    }

@@ -58,4 +58,10 @@ def maintenance() -> dict[str, int]:
     """Periodic: dispatch jobs the broker never got (outbox) and revive jobs of dead workers."""
     from activeseg.worker.dispatch import run_maintenance
 
-    return run_maintenance(runtime.database(), celery_app, get_settings().job_stale_after_s)
+    settings = get_settings()
+    return run_maintenance(
+        runtime.database(),
+        celery_app,
+        settings.job_stale_after_s,
+        redispatch_after_s=settings.job_redispatch_after_s,
+    )

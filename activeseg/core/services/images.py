@@ -11,7 +11,7 @@ from activeseg.core.errors import Invalid, NotFound, TooLarge
 from activeseg.core.imaging import check_image
 from activeseg.core.services.auth import get_project_for
 from activeseg.core.storage import BlobStore, sha256_hex
-from activeseg.core.tables import Image, LabelRevision, Project, Split, User
+from activeseg.core.tables import Image, Project, Split, User
 
 MAX_FILENAME = 255
 
@@ -115,29 +115,7 @@ def set_split(image: Image, split: Split) -> Image:
     return image
 
 
-def delete_image(session: Session, image: Image) -> set[str]:
-    """Delete the row (its revisions cascade); return the blob keys it referenced.
-
-    The caller removes those blobs with :func:`sweep_blobs` only *after* the commit: deleting
-    them first would leave the row pointing at a missing blob if the commit failed.
-    """
-    keys = {image.blob_key}
-    keys |= set(
-        session.scalars(select(LabelRevision.blob_key).where(LabelRevision.image_id == image.id))
-    )
+def delete_image(session: Session, image: Image) -> None:
+    """Delete the row (its revisions and scores cascade). Its blobs stay until the orphan sweep
+    (activeseg/core/services/blobs.py) finds no row referencing them."""
     session.delete(image)
-    return keys
-
-
-def sweep_blobs(session: Session, store: BlobStore, keys: set[str]) -> int:
-    """Delete those of ``keys`` that no image or label revision references any more."""
-    removed = 0
-    for key in keys:
-        used = session.scalar(select(Image.id).where(Image.blob_key == key).limit(1))
-        used = used or session.scalar(
-            select(LabelRevision.id).where(LabelRevision.blob_key == key).limit(1)
-        )
-        if used is None:
-            store.delete(key)
-            removed += 1
-    return removed
