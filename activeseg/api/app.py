@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from activeseg import __version__
+from activeseg.api.bodylimit import BodySizeLimit
 from activeseg.api.errors import install_error_handlers
+from activeseg.api.metrics import install_metrics
+from activeseg.api.ratelimit import install_rate_limits
 from activeseg.api.routes import (
     annotate,
     exports,
@@ -51,29 +53,13 @@ def create_app(
         title="activeseg",
         version=__version__,
         description="Active-learning annotation service for image segmentation. Every route "
-        "but /health needs `Authorization: Bearer <token>`.",
+        "but /health and /metrics needs `Authorization: Bearer <token>`.",
     )
     app.state.settings = settings
     app.state.db = Database(settings)
     app.state.store = open_store(settings.storage_url)
     app.state.dispatch = dispatcher or _default_dispatcher(app.state.db, settings)
     install_error_handlers(app)
-
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
-        length = request.headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                return JSONResponse({"detail": "invalid Content-Length"}, status_code=400)
-            if int(length) > settings.max_upload_bytes + 1024 * 1024:
-                return JSONResponse(
-                    {
-                        "detail": f"request body over {settings.max_upload_bytes} bytes "
-                        "(ACTIVESEG_MAX_UPLOAD_BYTES)"
-                    },
-                    status_code=413,
-                )
-        return await call_next(request)
 
     for module in (
         health,
@@ -90,4 +76,9 @@ def create_app(
         reports,
     ):
         app.include_router(module.router)
+    # Plain ASGI middlewares; the last added runs first: the
+    # histogram times every answer, the rate limits' 429s included.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    install_rate_limits(app, settings)
+    install_metrics(app, app.state.db)
     return app

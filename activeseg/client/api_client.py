@@ -63,13 +63,13 @@ class ApiClient(Client):
                 return
 
     def upload_file(self, project_id: int, path: Path, split: str = "pool") -> dict[str, Any]:
-        with path.open("rb") as f:
-            r = self.request(
-                "POST",
-                f"/projects/{project_id}/images",
-                files=[("files", (path.name, f, "application/octet-stream"))],
-                data={"split": split},
-            )
+        data = path.read_bytes()  # bytes, not a file object: a retried request resends it
+        r = self.request(
+            "POST",
+            f"/projects/{project_id}/images",
+            files=[("files", (path.name, data, "application/octet-stream"))],
+            data={"split": split},
+        )
         return r.json()["data"][0]  # type: ignore[no-any-return]
 
     # export / import ----------------------------------------------------------------------

@@ -115,6 +115,8 @@ def serve(
     _bootstrap_admin()
     if demo:
         _demo_project(host, port)
+    if api_workers > 1:
+        _prometheus_multiprocess_dir(settings.data_dir.resolve() / "prometheus")
     proc = None
     if with_worker:
         proc = subprocess.Popen(worker_command(workers, beat=True, loglevel="WARNING"))
@@ -130,6 +132,15 @@ def serve(
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def _prometheus_multiprocess_dir(default: Path) -> None:
+    """Several API processes: /metrics must sum their counters, which prometheus_client does
+    from files in PROMETHEUS_MULTIPROC_DIR. Stale files of a previous run are removed."""
+    folder = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(default)))
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
 
 
 def _bootstrap_admin() -> None:

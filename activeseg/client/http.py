@@ -20,9 +20,23 @@ class ApiError(RuntimeError):
 
 
 class Client:
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = 120) -> None:
+    """Waits out a 429 (rate limit; the server refused before reading the request, so any
+    request may be sent again) and a 503 on reads (the database is briefly down), for as long
+    as ``Retry-After`` says, up to ``max_retries`` times."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        timeout: float = 120,
+        max_retries: int = 8,
+        max_wait_s: float = 60.0,
+    ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+        self.max_retries = max_retries
+        self.max_wait_s = max_wait_s
+        self.retries = 0  # how many times this client waited (for tests and progress)
 
     def close(self) -> None:
         self.http.close()
@@ -33,8 +47,26 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _should_retry(self, r: httpx.Response, method: str, attempt: int) -> float | None:
+        retryable = r.status_code == 429 or (r.status_code == 503 and method in ("GET", "HEAD"))
+        if not retryable or attempt >= self.max_retries:
+            return None
+        try:
+            wait = float(r.headers.get("Retry-After", "1"))
+        except ValueError:
+            wait = 1.0
+        return min(max(wait, 0.1), self.max_wait_s)
+
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        r = self.http.request(method, url, **kwargs)
+        attempt = 0
+        while True:
+            r = self.http.request(method, url, **kwargs)
+            wait = self._should_retry(r, method, attempt)
+            if wait is None:
+                break
+            attempt += 1
+            self.retries += 1
+            time.sleep(wait)
         if r.status_code >= 400:
             try:
                 detail = r.json().get("detail", r.text)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -90,6 +91,7 @@ def score_pool(
     else:
         ids = image_ids
 
+    started = time.perf_counter()  # throughput (GET /metrics) counts model loading too
     predictor = load_predictor(ctx.store, mv, ctx.settings)
     names = list(SOFTMAX_MEASURES) + (list(ENSEMBLE_MEASURES) if predictor.n_samples > 1 else [])
     n_classes = len(project.classes)
@@ -167,7 +169,11 @@ def score_pool(
                 ],
             )
         ctx.progress((done + 1) / max(len(images), 1), f"scored {done + 1}/{len(images)} images")
-    return {"model_version_id": mv.id, "images": len(images), "measures": names}
+    seconds = time.perf_counter() - started
+    result = {"model_version_id": mv.id, "images": len(images), "measures": names}
+    if images:
+        result.update(seconds=round(seconds, 6), images_per_s=len(images) / seconds)
+    return result
 
 
 def _labelled_class_counts(ctx: JobContext, project_id: int, n_classes: int) -> np.ndarray:
