@@ -52,6 +52,20 @@ def png_bytes(arr: np.ndarray, mode: str | None = None) -> bytes:
     return buf.getvalue()
 
 
+def grid_project(client: httpx.Client, **overrides: Any) -> dict[str, Any]:
+    """A 3-class project of 16-px grid tiles, 6 regions per round, no per-image cap, 60 s
+    leases: the small queue most API tests lease from (``overrides`` change any setting)."""
+    settings: dict[str, Any] = {
+        "region_kind": "grid",
+        "region_size": 16,
+        "batch_size": 6,
+        "per_image_cap": None,
+        "lease_seconds": 60,
+        **overrides,
+    }
+    return make_project(client, n_classes=3, **settings)
+
+
 def image_bytes(
     h: int = 32, w: int = 48, seed: int = 0, fmt: str = "PNG", rgb: bool = True
 ) -> bytes:
@@ -72,13 +86,21 @@ def upload(
     )
 
 
-def build_queue_inline(stack: Any, project_id: int) -> int:
-    """Request a build_queue job and run it in this process (no broker); returns its id."""
+def run_job_inline(
+    stack: Any, project_id: int, kind: str, params: dict[str, Any] | None = None
+) -> int:
+    """Request a job and run it, and its follow-ups, in this process (no broker); returns its
+    id."""
     from activeseg.core.services.jobs import request_job
     from activeseg.jobs.registry import inline_dispatcher
 
     with stack.db.session() as s:
-        job, _ = request_job(s, project_id=project_id, kind="build_queue", params={})
+        job, _ = request_job(s, project_id=project_id, kind=kind, params=params or {})
         job_id = int(job.id)
     inline_dispatcher(stack.db, stack.store, stack.settings)(job_id)
     return job_id
+
+
+def build_queue_inline(stack: Any, project_id: int) -> int:
+    """Request a build_queue job and run it in this process (no broker); returns its id."""
+    return run_job_inline(stack, project_id, "build_queue")

@@ -3,13 +3,39 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from activeseg.core.project_config import ClassDef, ProjectSettings
+from activeseg.core.tables import MAX_ROW_ID
 
 T = TypeVar("T")
+
+# A path id past MAX_ROW_ID is no id at all: refused as invalid (422), and documented as such.
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="row id")]
+# PostgreSQL text cannot hold a NUL character (the driver refuses to send one); no name,
+# description, reason or key of this service needs one, so free text is refused with it.
+NO_NUL = r"^[^\x00]*$"
+
+
+class ErrorBody(BaseModel):
+    """Every error the service answers itself: one human-readable sentence."""
+
+    detail: str = Field(description="what went wrong and, where it helps, what to do")
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class InvalidBody(BaseModel):
+    """422: request validation lists the issues; a domain check gives one sentence."""
+
+    detail: str | list[ValidationIssue]
 
 
 class Page(BaseModel, Generic[T]):
@@ -56,16 +82,16 @@ class NewToken(BaseModel):
 
 class ProjectCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200)
-    description: str = Field(default="", max_length=10_000)
+    name: str = Field(min_length=1, max_length=200, pattern=NO_NUL)
+    description: str = Field(default="", max_length=10_000, pattern=NO_NUL)
     classes: list[ClassDef] = Field(min_length=2, max_length=254)
     settings: ProjectSettings = Field(default_factory=ProjectSettings)
 
 
 class ProjectUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    description: str | None = Field(default=None, max_length=10_000)
+    name: str | None = Field(default=None, min_length=1, max_length=200, pattern=NO_NUL)
+    description: str | None = Field(default=None, max_length=10_000, pattern=NO_NUL)
     classes: list[ClassDef] | None = Field(default=None, min_length=2, max_length=254)
     settings: dict[str, Any] | None = Field(
         default=None, description="partial settings; merged into the current ones, validated"
@@ -86,7 +112,7 @@ class ProjectPublic(ORM):
 
 class MemberAdd(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user_id: int = Field(gt=0)
+    user_id: int = Field(gt=0, le=MAX_ROW_ID)
 
 
 class ImagePublic(ORM):
@@ -154,6 +180,7 @@ class JobRequest(BaseModel):
     request_id: str | None = Field(
         default=None,
         max_length=200,
+        pattern=NO_NUL,
         description="idempotency key: the same id returns the same job",
     )
 

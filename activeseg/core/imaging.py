@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -81,7 +82,10 @@ def decode_mask(
     data: bytes, name: str, height: int, width: int, n_classes: int, ignore_index: int
 ) -> np.ndarray:
     """An index-mask PNG -> uint8 [H, W], checked against the image size and the classes."""
-    im = _open(data, name, max_pixels=max(height * width, 1))
+    # Opening reads the header only. The exact-size check below, before any pixel is decoded,
+    # is the bomb guard (the image passed ACTIVESEG_MAX_IMAGE_PIXELS); a pixel limit of the
+    # image's size here would answer a merely larger mask "too many pixels" (413).
+    im = _open(data, name, max_pixels=sys.maxsize)
     if im.format != "PNG":
         raise UnsupportedMedia(f"{name}: a mask must be a PNG index image, got {im.format}")
     if im.mode not in ("L", "P", "1"):

@@ -62,7 +62,8 @@ def validate_classes(classes: list[ClassDef]) -> list[ClassDef]:
 class ModelSettings(BaseModel):
     """Network and training settings; see activeseg.models.config.ModelConfig for all of them."""
 
-    model_config = ConfigDict(extra="forbid")
+    # NaN/Infinity (Python's json reads them) fit no setting, and PostgreSQL's JSON refuses them.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     method: Literal["mc_dropout", "ensemble", "single"] = "mc_dropout"
     ensemble_size: int = Field(default=5, ge=2, le=20)
     mc_samples: int = Field(default=10, ge=2, le=100)
@@ -83,7 +84,7 @@ class ModelSettings(BaseModel):
 
 
 class ProjectSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     region_kind: Literal["superpixel", "grid"] = "superpixel"
     region_size: int = Field(default=16, ge=2, le=1024, description="tile side or SLIC side")
     measure: str = "entropy"

@@ -59,6 +59,12 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
+# Primary keys are INTEGER columns: 32-bit on PostgreSQL, which refuses a larger bound value
+# ("integer out of range"); SQLite's driver cannot bind past 64 bits. A larger number names no
+# row: callers refuse it (or find nothing) before it reaches the database.
+MAX_ROW_ID = 2**31 - 1
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}

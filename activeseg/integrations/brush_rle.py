@@ -89,6 +89,8 @@ def _encode_runs(lengths: np.ndarray, run_values: np.ndarray, count: int) -> lis
 
 def decode_rle(rle: list[int] | bytes) -> np.ndarray:
     """Brush RLE bytes -> the flat uint8 array they encode."""
+    if not isinstance(rle, list | bytes | bytearray):  # bytes(10**12) would allocate a terabyte
+        raise BrushRleError("rle must be a list of integers 0..255")
     try:
         data = bytes(rle)
     except (TypeError, ValueError):

@@ -69,17 +69,16 @@ def _decode_segmentation(seg: Any, height: int, width: int, where: str) -> np.nd
             if list(size or []) != [height, width]:
                 raise Invalid(f"{where}: segmentation size {size} is not [{height}, {width}]")
             counts = seg.get("counts")
-            if isinstance(counts, list):
-                rle = mask_utils.frPyObjects(seg, height, width)
-            elif isinstance(counts, str):
-                rle = {"size": [height, width], "counts": counts.encode("ascii")}
-            else:
+            if isinstance(counts, str):
+                counts = rle_string_counts(counts, where)
+            elif not isinstance(counts, list):
                 raise Invalid(f"{where}: segmentation.counts must be a string or a list")
-            decoded = mask_utils.decode(rle)
+            decoded = _runs_to_mask(counts, height, width, where)
         elif isinstance(seg, list) and seg and all(isinstance(p, list) for p in seg):
             polys = [[float(v) for v in p] for p in seg]
             if any(len(p) < 6 or len(p) % 2 for p in polys):
                 raise Invalid(f"{where}: a polygon needs at least 3 x,y pairs")
+            _check_on_image(polys, height, width, where)
             decoded = mask_utils.decode(
                 mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
             )
@@ -92,6 +91,62 @@ def _decode_segmentation(seg: Any, height: int, width: int, where: str) -> np.nd
     if decoded.shape[:2] != (height, width):
         raise Invalid(f"{where}: the segmentation decodes to {decoded.shape[:2]}")
     return np.asarray(decoded, dtype=bool).reshape(height, width)
+
+
+# Untrusted RLE and polygons are checked here before any C code sees them: pycocotools parses a
+# compressed counts string without bounds checks (a string ending inside a number is read
+# past its end, corrupting the heap), and rasterises polygons into buffers sized by the
+# vertices (a vertex at 1e9 made the API process die of SIGSEGV).
+
+
+def rle_string_counts(text: str, where: str) -> list[int]:
+    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``, in
+    Python: 5 bits per character from '0', bit 0x20 = more characters follow, bit 0x10 of the
+    last one = negative; from the fourth run on, a delta to the run two before)."""
+    counts: list[int] = []
+    p = 0
+    while p < len(text):
+        x = k = 0
+        more = True
+        while more:
+            if p >= len(text) or k >= 7:
+                raise Invalid(f"{where}: segmentation.counts is not a valid compressed RLE")
+            c = ord(text[p]) - 48
+            if not 0 <= c < 64:
+                raise Invalid(f"{where}: segmentation.counts holds {text[p]!r}, not RLE")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x -= 1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def _runs_to_mask(counts: list[Any], height: int, width: int, where: str) -> np.ndarray:
+    """Alternating runs of 0 and 1, column by column (COCO's order) -> uint8 ``[H, W]``."""
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+        raise Invalid(f"{where}: segmentation.counts must be non-negative integers")
+    if sum(counts) != height * width:
+        raise Invalid(
+            f"{where}: the RLE runs cover {sum(counts)} pixels, the image {height * width}"
+        )
+    flat = np.repeat(np.arange(len(counts), dtype=np.int64) % 2, counts).astype(np.uint8)
+    return flat.reshape(width, height).T
+
+
+def _check_on_image(polys: list[list[float]], height: int, width: int, where: str) -> None:
+    for poly in polys:
+        xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+        inside = np.isfinite(xy).all() and (xy >= -1).all()
+        if not (inside and (xy[:, 0] <= width + 1).all() and (xy[:, 1] <= height + 1).all()):
+            raise Invalid(
+                f"{where}: polygon vertices must lie on the {width}x{height} image "
+                f"(x in 0..{width}, y in 0..{height})"
+            )
 
 
 def annotations_to_mask(

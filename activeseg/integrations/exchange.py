@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -241,6 +242,40 @@ def import_labels(
 ) -> ImportSummary:
     """Check every item of ``data``, then store each changed mask as a new revision (source
     ``import``). Raises Invalid (422) naming the first problem; nothing is stored then."""
+    try:
+        items = _checked_items(session, project, fmt, data, max_entry_bytes)
+    except _MALFORMED as exc:
+        # The checks above name the usual mistakes; a file shaped in a way none of them
+        # foresaw (a list where an id belongs, a corrupt zip entry) is still the file's fault.
+        raise Invalid(f"the {fmt} file is malformed ({type(exc).__name__}: {exc})") from None
+    updated = 0
+    for item in items:
+        mask = item.mask()
+        if np.array_equal(mask, labels.current_mask(session, store, item.image)):
+            continue
+        labels.save_revision(session, store, item.image, mask, source="import", author_id=user.id)
+        updated += 1
+    return ImportSummary(fmt, len(items), updated, len(items) - updated)
+
+
+# What parsing a malformed file can raise beyond the checks' own Invalid (no I/O, no database).
+_MALFORMED = (
+    TypeError,
+    ValueError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    RecursionError,
+    EOFError,
+    NotImplementedError,
+    zipfile.BadZipFile,
+    zlib.error,
+)
+
+
+def _checked_items(
+    session: Session, project: Project, fmt: str, data: bytes, max_entry_bytes: int
+) -> list[ImportItem]:
     if fmt == "coco":
         items = _coco_items(session, project, _json(data, "COCO"))
     elif fmt == "png":
@@ -258,14 +293,7 @@ def import_labels(
             )
         seen[item.image.id] = n
         item.mask()  # decode and check now, store nothing yet
-    updated = 0
-    for item in items:
-        mask = item.mask()
-        if np.array_equal(mask, labels.current_mask(session, store, item.image)):
-            continue
-        labels.save_revision(session, store, item.image, mask, source="import", author_id=user.id)
-        updated += 1
-    return ImportSummary(fmt, len(items), updated, len(items) - updated)
+    return items
 
 
 def _json(data: bytes, what: str) -> Any:
@@ -282,13 +310,14 @@ class _Finder:
         self.session, self.project = session, project
 
     def find(self, sha256: Any, file_name: Any, where: str) -> Image:
-        if isinstance(sha256, str) and sha256:
+        # A NUL names no stored image, and PostgreSQL cannot even compare text holding one.
+        if isinstance(sha256, str) and sha256 and "\x00" not in sha256:
             image = self.session.scalar(
                 select(Image).where(Image.project_id == self.project.id, Image.sha256 == sha256)
             )
             if image is not None:
                 return image
-        if isinstance(file_name, str) and file_name:
+        if isinstance(file_name, str) and file_name and "\x00" not in file_name:
             rows = list(
                 self.session.scalars(
                     select(Image)
@@ -468,11 +497,10 @@ def _labelstudio_items(session: Session, project: Project, doc: Any) -> list[Imp
         data = task.get("data") if isinstance(task, dict) else None
         if not isinstance(data, dict):
             raise Invalid(f'{where}: a task needs a "data" object')
-        annotations = [
-            a
-            for a in task.get("annotations") or []
-            if isinstance(a, dict) and not a.get("was_cancelled")
-        ]
+        listed = task.get("annotations") or []
+        if not isinstance(listed, list):
+            raise Invalid(f'{where}: "annotations" must be a list of annotation objects')
+        annotations = [a for a in listed if isinstance(a, dict) and not a.get("was_cancelled")]
         if not annotations:
             continue  # an unannotated task leaves the image's labels alone
         sha = data.get("activeseg_sha256")

@@ -26,7 +26,15 @@ from activeseg.core.errors import Invalid, NotFound
 from activeseg.core.services import labels
 from activeseg.core.services.projects import project_settings
 from activeseg.core.storage import BlobStore
-from activeseg.core.tables import Image, ImageScore, LabelRevision, ModelVersion, Project, User
+from activeseg.core.tables import (
+    MAX_ROW_ID,
+    Image,
+    ImageScore,
+    LabelRevision,
+    ModelVersion,
+    Project,
+    User,
+)
 from activeseg.integrations.brush_rle import BrushRleError, mask_to_rle, rle_to_mask
 
 MAX_LABEL_CONFIG = 200_000
@@ -58,6 +66,8 @@ def parse_label_config(xml: str | None) -> LabelConfig:
     """The BrushLabels and Image tag names of ``xml``; the defaults when ``xml`` is empty."""
     if not xml:
         return DEFAULT_CONFIG
+    if not isinstance(xml, str):  # a webhook's project.label_config is whatever was sent
+        raise Invalid(f"label_config must be a string of XML; e.g. {EXAMPLE_CONFIG}")
     if len(xml) > MAX_LABEL_CONFIG:
         raise Invalid(f"label_config is longer than {MAX_LABEL_CONFIG} characters")
     try:
@@ -100,12 +110,13 @@ def resolve_image(session: Session, project: Project, url: str) -> Image | None:
     ``?d=path``)."""
     match = _FILE_URL.search(url)
     if match:
-        image = session.get(Image, int(match[1]))
+        image_id = int(match[1])
+        image = session.get(Image, image_id) if image_id <= MAX_ROW_ID else None
         return image if image is not None and image.project_id == project.id else None
     parsed = urlparse(url)
     path = parse_qs(parsed.query).get("d", [parsed.path])[0]
     name = unquote(path.replace("\\", "/").rsplit("/", 1)[-1])
-    if not name:
+    if not name or "\x00" in name:  # no stored file name holds a NUL (PostgreSQL text cannot)
         return None
     names = [name]
     if _LS_UPLOAD_PREFIX.match(name):
@@ -266,11 +277,14 @@ def annotation_mask(
         if not isinstance(result, dict) or str(result.get("type", "")).lower() != "brushlabels":
             continue
         value = result.get("value") or {}
+        if not isinstance(value, dict):
+            raise Invalid(f"result {n}: value must be an object with rle and brushlabels")
         rle = value.get("rle")
         if rle is None:
             raise Invalid(f"result {n}: a brushlabels result needs value.rle")
         names = value.get("brushlabels") or []
-        if len(names) != 1 or names[0] not in by_name:
+        label = names[0] if isinstance(names, list) and len(names) == 1 else None
+        if not isinstance(label, str) or label not in by_name:
             raise Invalid(
                 f"result {n}: brush label {names!r} is not one class of this project; "
                 f"known classes: {', '.join(by_name)}"
@@ -304,7 +318,8 @@ def store_annotation(
     ls_project = payload.get("project")
     xml = ls_project.get("label_config") if isinstance(ls_project, dict) else None
     config = parse_label_config(xml)
-    url = (task.get("data") or {}).get(config.value_key)
+    data = task.get("data")
+    url = data.get(config.value_key) if isinstance(data, dict) else None
     if not isinstance(url, str):
         raise Invalid(f"task.data.{config.value_key} must be the image URL")
     image = resolve_image(session, project, url)

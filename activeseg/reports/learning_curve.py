@@ -69,7 +69,7 @@ def parse_baseline_csv(text: str) -> list[dict[str, Any]]:
         ValueError: not a CSV with the needed columns, a non-numeric value, or no usable row;
             the message names what is wrong and the expected header.
     """
-    reader = csv.DictReader(io.StringIO(text))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     header = reader.fieldnames or []
     missing = [c for c in BASELINE_COLUMNS if c not in header]
     if missing:

@@ -14,7 +14,15 @@ from sqlalchemy import select, update
 
 from activeseg.core.tables import LabelRevision, Task
 from tests.conftest import Stack
-from tests.utils import build_queue_inline, image_bytes, make_project, make_user, png_bytes, upload
+from tests.utils import (
+    build_queue_inline,
+    grid_project,
+    image_bytes,
+    make_project,
+    make_user,
+    png_bytes,
+    upload,
+)
 
 
 def decode_png(data: bytes) -> np.ndarray:
@@ -25,15 +33,7 @@ def decode_png(data: bytes) -> np.ndarray:
 def queued(stack: Stack, admin) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """A project of 3 images 32x32, grid tiles of 16 (4 regions each), 6 tasks queued with
     known priorities 0.1 .. 0.6, and two annotators who are members."""
-    project = make_project(
-        admin,
-        n_classes=3,
-        region_kind="grid",
-        region_size=16,
-        batch_size=6,
-        per_image_cap=None,
-        lease_seconds=60,
-    )
+    project = grid_project(admin)
     pid = project["id"]
     files = [(f"{i}.png", image_bytes(32, 32, seed=40 + i)) for i in range(3)]
     images = [d["image"] for d in upload(admin, pid, *files).json()["data"]]

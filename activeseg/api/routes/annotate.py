@@ -13,11 +13,13 @@ from fastapi import APIRouter, Response
 from fastapi.responses import FileResponse
 
 from activeseg.api.deps import CurrentUser, DbDep, StoreDep
+from activeseg.api.errors import error_responses
+from activeseg.api.schemas import RowId
 from activeseg.core.errors import NotFound
 from activeseg.core.imaging import decode_image, encode_png
 from activeseg.core.services import images
 
-router = APIRouter(tags=["web page"])
+router = APIRouter(tags=["web page"], responses=error_responses(404))
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 _NAME = re.compile(r"^[A-Za-z0-9_-]+\.(html|js|css|svg|png)$")
@@ -65,7 +67,7 @@ def static_file(name: str) -> FileResponse:
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}},
 )
-def image_as_png(image_id: int, user: CurrentUser, db: DbDep, store: StoreDep) -> Response:
+def image_as_png(image_id: RowId, user: CurrentUser, db: DbDep, store: StoreDep) -> Response:
     """The image as an 8-bit PNG, for browsers that cannot show its stored format (TIFF)."""
     with db.session() as s:
         image = images.get_image_for(s, user, image_id)

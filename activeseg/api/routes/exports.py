@@ -9,11 +9,15 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from activeseg.api.deps import CurrentUser, DbDep, Engineer, SettingsDep, StoreDep
+from activeseg.api.errors import error_responses
 from activeseg.api.routes.images import read_limited
+from activeseg.api.schemas import RowId
 from activeseg.core.services import auth
 from activeseg.integrations import exchange
 
-router = APIRouter(tags=["export and import"])
+router = APIRouter(
+    tags=["export and import"], responses=error_responses(403, 404, 409, 413, 415, 507)
+)
 FormatQuery = Annotated[str, Query(pattern="^(coco|png|labelstudio)$", description="file format")]
 
 
@@ -30,7 +34,7 @@ class ImportResult(BaseModel):
     responses={200: {"content": {"application/json": {}, "application/zip": {}}}},
 )
 def export(
-    project_id: int,
+    project_id: RowId,
     user: CurrentUser,
     db: DbDep,
     store: StoreDep,
@@ -54,7 +58,7 @@ def export(
 
 @router.post("/projects/{project_id}/import", response_model=ImportResult)
 async def import_labels(
-    project_id: int,
+    project_id: RowId,
     file: Annotated[UploadFile, File(description="a file in the given format")],
     user: Engineer,
     db: DbDep,

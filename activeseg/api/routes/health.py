@@ -36,7 +36,12 @@ def broker_status(settings: Settings) -> str:
     return "ok"
 
 
-@router.get("/health", response_model=Health, summary="Database, broker and storage status")
+@router.get(
+    "/health",
+    response_model=Health,
+    summary="Database, broker and storage status",
+    responses={503: {"model": Health, "description": "the database or storage is down"}},
+)
 def health(db: DbDep, store: StoreDep, settings: SettingsDep, response: Response) -> Health:
     """Open to everyone (load balancers); 503 when the database or storage is down. A broker
     outage is reported but keeps 200: annotation does not need the broker."""

@@ -5,11 +5,14 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 
 from activeseg.api.deps import CurrentUser, DbDep, Engineer, SettingsDep, StoreDep
+from activeseg.api.errors import error_responses
 from activeseg.api.schemas import (
+    MAX_ROW_ID,
     ImagePublic,
     ImageUpdate,
     LabelRevisionPublic,
     Page,
+    RowId,
     UploadItem,
     UploadResponse,
 )
@@ -18,7 +21,7 @@ from activeseg.core.imaging import encode_png
 from activeseg.core.services import auth, images, labels
 from activeseg.core.tables import Image, LabelRevision, Split
 
-router = APIRouter(tags=["images"])
+router = APIRouter(tags=["images"], responses=error_responses(403, 404, 409, 413, 415, 507))
 MEDIA = {"png": "image/png", "jpeg": "image/jpeg", "tiff": "image/tiff"}
 
 
@@ -42,7 +45,7 @@ async def read_limited(upload: UploadFile, limit: int) -> bytes:
     summary="Upload one or many images (PNG, JPEG, TIFF); all or nothing",
 )
 async def upload_images(
-    project_id: int,
+    project_id: RowId,
     files: Annotated[list[UploadFile], File(description="one or more image files")],
     user: Engineer,
     db: DbDep,
@@ -76,7 +79,7 @@ async def upload_images(
 
 @router.get("/projects/{project_id}/images", response_model=Page[ImagePublic])
 def list_images(
-    project_id: int,
+    project_id: RowId,
     user: CurrentUser,
     db: DbDep,
     split: Annotated[str | None, Query(pattern="^(pool|train|val|test)$")] = None,
@@ -98,13 +101,13 @@ def list_images(
 
 
 @router.get("/images/{image_id}", response_model=ImagePublic)
-def get_image(image_id: int, user: CurrentUser, db: DbDep) -> Image:
+def get_image(image_id: RowId, user: CurrentUser, db: DbDep) -> Image:
     with db.session() as s:
         return images.get_image_for(s, user, image_id)
 
 
 @router.patch("/images/{image_id}", response_model=ImagePublic)
-def update_image(image_id: int, body: ImageUpdate, user: Engineer, db: DbDep) -> Image:
+def update_image(image_id: RowId, body: ImageUpdate, user: Engineer, db: DbDep) -> Image:
     with db.session() as s:
         return images.set_split(images.get_image_for(s, user, image_id), Split(body.split))
 
@@ -114,7 +117,7 @@ def update_image(image_id: int, body: ImageUpdate, user: Engineer, db: DbDep) ->
     response_class=Response,
     responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/tiff": {}}}},
 )
-def download_image(image_id: int, user: CurrentUser, db: DbDep, store: StoreDep) -> Response:
+def download_image(image_id: RowId, user: CurrentUser, db: DbDep, store: StoreDep) -> Response:
     with db.session() as s:
         image = images.get_image_for(s, user, image_id)
     return Response(
@@ -125,11 +128,12 @@ def download_image(image_id: int, user: CurrentUser, db: DbDep, store: StoreDep)
 
 
 @router.delete("/images/{image_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_image(image_id: int, user: Engineer, db: DbDep, store: StoreDep) -> None:
+def delete_image(image_id: RowId, user: Engineer, db: DbDep) -> None:
+    """Delete the image, its labels and scores. Its blobs are left to the orphan sweep (after
+    ACTIVESEG_ORPHAN_BLOB_GRACE_S): deleting them here could race an upload of the same bytes
+    that is about to commit a row pointing at them."""
     with db.session() as s:
-        keys = images.delete_image(s, images.get_image_for(s, user, image_id))
-    with db.session() as s:  # after the commit: blobs go only once no row points to them
-        images.sweep_blobs(s, store, keys)
+        images.delete_image(s, images.get_image_for(s, user, image_id))
 
 
 @router.put(
@@ -139,7 +143,7 @@ def delete_image(image_id: int, user: Engineer, db: DbDep, store: StoreDep) -> N
     summary="Store a full index mask PNG as the image's next label revision",
 )
 async def put_mask(
-    image_id: int,
+    image_id: RowId,
     file: Annotated[
         UploadFile, File(description="index PNG: class id per pixel, 255 = unlabelled")
     ],
@@ -163,11 +167,11 @@ async def put_mask(
     responses={200: {"content": {"image/png": {}}}},
 )
 def get_mask(
-    image_id: int,
+    image_id: RowId,
     user: CurrentUser,
     db: DbDep,
     store: StoreDep,
-    revision: Annotated[int | None, Query(ge=1)] = None,
+    revision: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
 ) -> Response:
     """The latest (or a given) revision; an all-255 mask when nothing is labelled yet."""
     with db.session() as s:
@@ -185,7 +189,7 @@ def get_mask(
 
 
 @router.get("/images/{image_id}/revisions", response_model=Page[LabelRevisionPublic])
-def revisions(image_id: int, user: CurrentUser, db: DbDep) -> Page[LabelRevisionPublic]:
+def revisions(image_id: RowId, user: CurrentUser, db: DbDep) -> Page[LabelRevisionPublic]:
     with db.session() as s:
         rows = labels.history(s, images.get_image_for(s, user, image_id))
         return Page(data=[LabelRevisionPublic.model_validate(r) for r in rows], count=len(rows))

@@ -5,11 +5,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, status
 
 from activeseg.api.deps import CurrentUser, DbDep, Engineer
-from activeseg.api.schemas import JobPublic, JobRequest, Page
+from activeseg.api.errors import error_responses
+from activeseg.api.schemas import JobPublic, JobRequest, Page, RowId
 from activeseg.core.services import auth, jobs
 from activeseg.core.tables import Job
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], responses=error_responses(403, 404, 409))
 
 
 def start_job(request: Request, job: Job, created: bool) -> JobPublic:
@@ -23,13 +24,13 @@ def start_job(request: Request, job: Job, created: bool) -> JobPublic:
 
 @router.get("/projects/{project_id}/jobs", response_model=Page[JobPublic])
 def list_jobs(
-    project_id: int,
+    project_id: RowId,
     user: CurrentUser,
     db: DbDep,
     state: Annotated[
         str | None, Query(pattern="^(pending|queued|running|waiting|succeeded|failed)$")
     ] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Page[JobPublic]:
     with db.session() as s:
@@ -39,13 +40,13 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic)
-def get_job(job_id: int, user: CurrentUser, db: DbDep) -> Job:
+def get_job(job_id: RowId, user: CurrentUser, db: DbDep) -> Job:
     with db.session() as s:
         return jobs.get_job_for(s, user, job_id)
 
 
 @router.post("/jobs/{job_id}/retry", response_model=JobPublic)
-def retry_job(job_id: int, user: Engineer, db: DbDep, request: Request) -> JobPublic:
+def retry_job(job_id: RowId, user: Engineer, db: DbDep, request: Request) -> JobPublic:
     with db.session() as s:
         job = jobs.retry_job(s, jobs.get_job_for(s, user, job_id))
     return start_job(request, job, True)
@@ -58,7 +59,7 @@ def retry_job(job_id: int, user: Engineer, db: DbDep, request: Request) -> JobPu
     summary="Check every stored blob of the project (a background job)",
 )
 def verify_storage(
-    project_id: int, body: JobRequest, user: Engineer, db: DbDep, request: Request
+    project_id: RowId, body: JobRequest, user: Engineer, db: DbDep, request: Request
 ) -> JobPublic:
     with db.session() as s:
         auth.get_project_for(s, user, project_id)

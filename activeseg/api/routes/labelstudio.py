@@ -15,12 +15,18 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from activeseg.api.deps import DbDep, StoreDep
+from activeseg.api.errors import error_responses
+from activeseg.api.schemas import RowId
 from activeseg.core.errors import Invalid, Unauthorized
 from activeseg.core.services import auth, jobs
 from activeseg.core.tables import JobState, ModelVersion, Role, User
 from activeseg.integrations import label_studio
 
-router = APIRouter(prefix="/ls/{project_id}", tags=["label studio"])
+router = APIRouter(
+    prefix="/ls/{project_id}",
+    tags=["label studio"],
+    responses=error_responses(403, 404, 409, 413, 415),
+)
 log = logging.getLogger(__name__)
 ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 TRAIN_EVENT = "START_TRAINING"
@@ -66,14 +72,14 @@ class PredictRequest(BaseModel):
 @router.get("/health", summary="ML backend health (Label Studio's connection check)")
 @router.get("", include_in_schema=False)
 @router.get("/", include_in_schema=False)
-def health(project_id: int, user: LsUser, db: DbDep) -> dict[str, Any]:
+def health(project_id: RowId, user: LsUser, db: DbDep) -> dict[str, Any]:
     with db.session() as s:
         auth.get_project_for(s, user, project_id)
     return {"status": "UP", "model_class": "activeseg"}
 
 
 @router.post("/setup", summary="Label Studio connects: check the label config")
-def setup(project_id: int, body: SetupRequest, user: LsUser, db: DbDep) -> dict[str, Any]:
+def setup(project_id: RowId, body: SetupRequest, user: LsUser, db: DbDep) -> dict[str, Any]:
     with db.session() as s:
         project = auth.get_project_for(s, user, project_id)
         if body.schema_:
@@ -84,7 +90,7 @@ def setup(project_id: int, body: SetupRequest, user: LsUser, db: DbDep) -> dict[
 
 @router.post("/predict", summary="Brush-mask predictions of the active model, one per task")
 def predict(
-    project_id: int, body: PredictRequest, user: LsUser, db: DbDep, store: StoreDep
+    project_id: RowId, body: PredictRequest, user: LsUser, db: DbDep, store: StoreDep
 ) -> dict[str, Any]:
     """Reads the active model's stored predictions and scores (written by scoring jobs); no
     network runs in the request. ``score`` = 1 - normalised mean uncertainty."""
@@ -95,9 +101,30 @@ def predict(
     return {"results": results, "model_version": version}
 
 
-@router.post("/webhook", status_code=status.HTTP_201_CREATED, summary="Label Studio events")
+@router.post(
+    "/webhook",
+    status_code=status.HTTP_201_CREATED,
+    summary="Label Studio events",
+    responses={200: {"description": "an event this backend ignores: acknowledged"}},
+    # The body is read as raw JSON (Label Studio's payload varies by event); declared so that
+    # clients and the schema fuzz know one is expected.
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"action": {"type": "string"}},
+                        "description": "Label Studio's webhook payload",
+                    }
+                }
+            },
+        }
+    },
+)
 async def webhook(
-    project_id: int, request: Request, user: LsUser, db: DbDep, store: StoreDep
+    project_id: RowId, request: Request, user: LsUser, db: DbDep, store: StoreDep
 ) -> Response:
     """ANNOTATION_CREATED / ANNOTATION_UPDATED store the brush annotation as a new label
     revision (source ``webhook``) and request a retrain; START_TRAINING requests a retrain.
@@ -107,8 +134,11 @@ async def webhook(
     except ValueError:
         raise Invalid("the webhook body must be JSON") from None
     event = payload.get("action") if isinstance(payload, dict) else None
+    with db.session() as s:  # outsiders learn nothing, not even that an event is ignored
+        auth.get_project_for(s, user, project_id)
     if event not in (*ANNOTATION_EVENTS, TRAIN_EVENT):
-        return JSONResponse({"status": "ignored", "event": event}, status_code=200)
+        shown = event if isinstance(event, str) else None  # a NaN "action" is no JSON to echo
+        return JSONResponse({"status": "ignored", "event": shown}, status_code=200)
     revision = None
     with db.session() as s:
         project = auth.get_project_for(s, user, project_id)
@@ -136,7 +166,7 @@ async def webhook(
     responses={200: {"content": {"application/xml": {}}}},
     summary="A Label Studio labeling config for this project's classes",
 )
-def label_config(project_id: int, user: LsUser, db: DbDep) -> Response:
+def label_config(project_id: RowId, user: LsUser, db: DbDep) -> Response:
     with db.session() as s:
         project = auth.get_project_for(s, user, project_id)
         xml = label_studio.suggested_label_config(project)

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from activeseg.api.deps import CurrentUser, DbDep, Engineer, StoreDep
+from activeseg.api.errors import error_responses
 from activeseg.api.routes.jobs import start_job
-from activeseg.api.schemas import JobPublic, Page
+from activeseg.api.schemas import MAX_ROW_ID, NO_NUL, JobPublic, Page, RowId
 from activeseg.core.errors import NotFound
 from activeseg.core.imaging import decode_image, encode_png
 from activeseg.core.render import colourise, heat_colours, overlay
@@ -18,25 +19,25 @@ from activeseg.core.services import auth, images, jobs, models
 from activeseg.core.tables import ImageScore, ModelVersion, Project
 from activeseg.jobs.score_pool import decode_heatmaps
 
-router = APIRouter(tags=["active learning"])
+router = APIRouter(tags=["active learning"], responses=error_responses(403, 404, 409))
 
 
 class RetrainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    request_id: str | None = Field(default=None, max_length=200)
+    request_id: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
     from_scratch: bool = False
     activate: bool | None = Field(default=None, description="default: project's auto_activate")
 
 
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    request_id: str | None = Field(default=None, max_length=200)
-    model_version_id: int | None = None
+    request_id: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
+    model_version_id: int | None = Field(default=None, ge=1, le=MAX_ROW_ID)
 
 
 class RoundRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    request_id: str | None = Field(default=None, max_length=200)
+    request_id: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
     strategy: str | None = Field(default=None, pattern="^(top_k|random|power|softmax|softrank)$")
 
 
@@ -76,7 +77,7 @@ def _request(
     "/projects/{project_id}/retrain", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED
 )
 def retrain(
-    project_id: int, body: RetrainRequest, user: Engineer, db: DbDep, request: Request
+    project_id: RowId, body: RetrainRequest, user: Engineer, db: DbDep, request: Request
 ) -> JobPublic:
     """Train a new model version on the current labels; when it is activated the pool is
     re-scored and a new queue built."""
@@ -91,7 +92,7 @@ def retrain(
     "/projects/{project_id}/score", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED
 )
 def score(
-    project_id: int, body: ScoreRequest, user: Engineer, db: DbDep, request: Request
+    project_id: RowId, body: ScoreRequest, user: Engineer, db: DbDep, request: Request
 ) -> JobPublic:
     """Score the unlabelled pool with a model version (default: the active one)."""
     with db.session() as s:
@@ -115,7 +116,7 @@ def _check_version(s: Any, project: Project, mv_id: int) -> None:
     "/projects/{project_id}/rounds", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED
 )
 def new_round(
-    project_id: int, body: RoundRequest, user: Engineer, db: DbDep, request: Request
+    project_id: RowId, body: RoundRequest, user: Engineer, db: DbDep, request: Request
 ) -> JobPublic:
     """Score the pool with the active model, then queue the next batch of regions. Without
     a model (day one) the batch is drawn at random so annotation can start."""
@@ -130,7 +131,7 @@ def new_round(
 
 
 @router.get("/projects/{project_id}/models", response_model=Page[ModelPublic])
-def list_models(project_id: int, user: CurrentUser, db: DbDep) -> Page[ModelPublic]:
+def list_models(project_id: RowId, user: CurrentUser, db: DbDep) -> Page[ModelPublic]:
     with db.session() as s:
         project = auth.get_project_for(s, user, project_id)
         rows = models.list_models(s, project_id)
@@ -144,7 +145,7 @@ def list_models(project_id: int, user: CurrentUser, db: DbDep) -> Page[ModelPubl
 
 
 @router.get("/models/{model_id}", response_model=ModelPublic)
-def get_model(model_id: int, user: CurrentUser, db: DbDep) -> ModelPublic:
+def get_model(model_id: RowId, user: CurrentUser, db: DbDep) -> ModelPublic:
     with db.session() as s:
         mv = models.get_model_for(s, user, model_id)
         project = s.get(Project, mv.project_id)
@@ -155,7 +156,7 @@ def get_model(model_id: int, user: CurrentUser, db: DbDep) -> ModelPublic:
 
 
 @router.post("/models/{model_id}/activate", response_model=ModelPublic)
-def activate_model(model_id: int, user: Engineer, db: DbDep) -> ModelPublic:
+def activate_model(model_id: RowId, user: Engineer, db: DbDep) -> ModelPublic:
     with db.session() as s:
         mv = models.get_model_for(s, user, model_id)
         models.activate(s, mv)
@@ -182,7 +183,7 @@ def _latest_scores(s: Any, image_id: int, project: Project) -> ImageScore | None
     responses={200: {"content": {"image/png": {}}}},
 )
 def uncertainty_png(
-    image_id: int,
+    image_id: RowId,
     user: CurrentUser,
     db: DbDep,
     store: StoreDep,
@@ -214,7 +215,7 @@ def uncertainty_png(
     responses={200: {"content": {"image/png": {}}}},
 )
 def prediction_png(
-    image_id: int,
+    image_id: RowId,
     user: CurrentUser,
     db: DbDep,
     store: StoreDep,

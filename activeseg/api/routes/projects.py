@@ -5,11 +5,19 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from activeseg.api.deps import CurrentUser, DbDep, Engineer
-from activeseg.api.schemas import MemberAdd, Page, ProjectCreate, ProjectPublic, ProjectUpdate
+from activeseg.api.errors import error_responses
+from activeseg.api.schemas import (
+    MemberAdd,
+    Page,
+    ProjectCreate,
+    ProjectPublic,
+    ProjectUpdate,
+    RowId,
+)
 from activeseg.core.services import auth, projects
 from activeseg.core.tables import Project
 
-router = APIRouter(tags=["projects"])
+router = APIRouter(tags=["projects"], responses=error_responses(403, 404, 409))
 Offset = Annotated[int, Query(ge=0, le=10_000_000)]
 Limit = Annotated[int, Query(ge=1, le=500)]
 
@@ -32,13 +40,13 @@ def list_projects(
 
 
 @router.get("/projects/{project_id}", response_model=ProjectPublic)
-def get_project(project_id: int, user: CurrentUser, db: DbDep) -> Project:
+def get_project(project_id: RowId, user: CurrentUser, db: DbDep) -> Project:
     with db.session() as s:
         return auth.get_project_for(s, user, project_id)
 
 
 @router.patch("/projects/{project_id}", response_model=ProjectPublic)
-def update_project(project_id: int, body: ProjectUpdate, user: Engineer, db: DbDep) -> Project:
+def update_project(project_id: RowId, body: ProjectUpdate, user: Engineer, db: DbDep) -> Project:
     with db.session() as s:
         return projects.update_project(
             s,
@@ -52,7 +60,7 @@ def update_project(project_id: int, body: ProjectUpdate, user: Engineer, db: DbD
 
 
 @router.post("/projects/{project_id}/members", status_code=status.HTTP_204_NO_CONTENT)
-def add_member(project_id: int, body: MemberAdd, user: Engineer, db: DbDep) -> None:
+def add_member(project_id: RowId, body: MemberAdd, user: Engineer, db: DbDep) -> None:
     """Give a user (e.g. an annotator) access to this project."""
     with db.session() as s:
         project = auth.get_project_for(s, user, project_id)

@@ -7,18 +7,20 @@ baseline learning curve (``activeseg simulate``'s ``curve.csv``).
 
 from __future__ import annotations
 
+import csv
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Request, Response, UploadFile, status
+from fastapi import APIRouter, File, Path, Request, Response, UploadFile, status
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from activeseg.api.deps import CurrentUser, DbDep, Engineer, SettingsDep, StoreDep
+from activeseg.api.errors import error_responses
 from activeseg.api.routes.images import read_limited
 from activeseg.api.routes.jobs import start_job
-from activeseg.api.schemas import JobPublic
+from activeseg.api.schemas import NO_NUL, JobPublic, RowId
 from activeseg.core.errors import Conflict, Invalid, NotFound
 from activeseg.core.services import auth, jobs, models
 from activeseg.core.tables import JobState, ModelState, ModelVersion
@@ -26,14 +28,14 @@ from activeseg.jobs.evaluate import latest_baseline_key, latest_report_job
 from activeseg.reports.html import render_html
 from activeseg.reports.learning_curve import aggregate_baseline, parse_baseline_csv
 
-router = APIRouter(tags=["reports"])
+router = APIRouter(tags=["reports"], responses=error_responses(403, 404, 409, 413))
 
 PLOT_NAME_PATTERN = "^[a-z_]{1,40}$"
 
 
 class ReportRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    request_id: str | None = Field(default=None, max_length=200)
+    request_id: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
     split: str | None = Field(default=None, pattern="^(val|test)$", description="default: val")
 
 
@@ -67,7 +69,7 @@ def _report_of(s: Session, user: Any, model_id: int) -> dict[str, Any]:
 
 
 @router.get("/models/{model_id}/report", response_model=dict[str, Any])
-def get_report(model_id: int, user: CurrentUser, db: DbDep) -> dict[str, Any]:
+def get_report(model_id: RowId, user: CurrentUser, db: DbDep) -> dict[str, Any]:
     """The stored report of a model version: ``calibration`` (ECE/MCE/Brier/NLL before and
     after temperature scaling, reliability bins), ``error_detection`` (AUROC/AUPR per measure,
     verdict), ``shift``, ``learning_curve`` and ``plots`` (names; fetch
@@ -80,7 +82,7 @@ def get_report(model_id: int, user: CurrentUser, db: DbDep) -> dict[str, Any]:
     "/models/{model_id}/report", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED
 )
 def recompute_report(
-    model_id: int, body: ReportRequest, user: Engineer, db: DbDep, request: Request
+    model_id: RowId, body: ReportRequest, user: Engineer, db: DbDep, request: Request
 ) -> JobPublic:
     """Request the evaluate job that (re)computes this version's report."""
     with db.session() as s:
@@ -103,10 +105,12 @@ def recompute_report(
 
 @router.get(
     "/models/{model_id}/report.html",
-    response_class=HTMLResponse,
+    # Response, not HTMLResponse: the errors are JSON, and FastAPI documents them under the
+    # response class's media type.
+    response_class=Response,
     responses={200: {"content": {"text/html": {}}}},
 )
-def report_html(model_id: int, user: CurrentUser, db: DbDep, store: StoreDep) -> HTMLResponse:
+def report_html(model_id: RowId, user: CurrentUser, db: DbDep, store: StoreDep) -> HTMLResponse:
     """The report as one self-contained HTML page (plots embedded as base64 PNG)."""
     with db.session() as s:
         report = _report_of(s, user, model_id)
@@ -120,7 +124,11 @@ def report_html(model_id: int, user: CurrentUser, db: DbDep, store: StoreDep) ->
     responses={200: {"content": {"image/png": {}}}},
 )
 def report_plot(
-    model_id: int, name: str, user: CurrentUser, db: DbDep, store: StoreDep
+    model_id: RowId,
+    name: Annotated[str, Path(pattern=PLOT_NAME_PATTERN)],
+    user: CurrentUser,
+    db: DbDep,
+    store: StoreDep,
 ) -> Response:
     """One plot of the report: ``reliability``, ``error_detection_roc``, ``shift`` or
     ``learning_curve`` (those the report has data for)."""
@@ -140,7 +148,7 @@ def report_plot(
     status_code=status.HTTP_202_ACCEPTED,
 )
 async def attach_baseline(
-    project_id: int,
+    project_id: RowId,
     file: Annotated[UploadFile, File(description="curve.csv written by `activeseg simulate`")],
     user: Engineer,
     db: DbDep,
@@ -161,6 +169,8 @@ async def attach_baseline(
         ) from None
     except ValueError as exc:
         raise Invalid(str(exc)) from None
+    except csv.Error as exc:  # e.g. a bare carriage return inside a field
+        raise Invalid(f"baseline is not a readable CSV file: {exc}") from None
     with db.session() as s:
         project = auth.get_project_for(s, user, project_id)
         mv_id = project.active_model_id or s.scalar(
@@ -196,7 +206,9 @@ async def attach_baseline(
 
 
 @router.get("/projects/{project_id}/baseline", response_model=BaselinePublic)
-def get_baseline(project_id: int, user: CurrentUser, db: DbDep, store: StoreDep) -> BaselinePublic:
+def get_baseline(
+    project_id: RowId, user: CurrentUser, db: DbDep, store: StoreDep
+) -> BaselinePublic:
     """The latest baseline attached to the project, averaged over seeds per round."""
     with db.session() as s:
         auth.get_project_for(s, user, project_id)

@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from activeseg.api.deps import CurrentUser, DbDep, StoreDep
-from activeseg.api.schemas import LabelRevisionPublic
+from activeseg.api.errors import error_responses
+from activeseg.api.metrics import LABELS_SUBMITTED, TASKS_LEASED
+from activeseg.api.schemas import NO_NUL, LabelRevisionPublic, RowId
 from activeseg.core.errors import Invalid
 from activeseg.core.imaging import decode_index, encode_png
 from activeseg.core.services import auth, tasks
@@ -23,7 +25,7 @@ from activeseg.core.services.projects import project_settings
 from activeseg.core.services.regions import region_set
 from activeseg.core.tables import Image, Project, RegionScore, Task, User
 
-router = APIRouter(tags=["annotation"])
+router = APIRouter(tags=["annotation"], responses=error_responses(404, 409, 507))
 
 
 class TaskPublic(BaseModel):
@@ -69,12 +71,14 @@ class SubmitBody(BaseModel):
         description="base64 index PNG over bbox; 255 = unlabelled, pixels "
         "outside the regions must be 255",
     )
-    idempotency_key: str | None = Field(default=None, max_length=100)
+    idempotency_key: str | None = Field(default=None, max_length=100, pattern=NO_NUL)
 
 
 class SkipBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str = Field(min_length=1, max_length=200, examples=["unclear", "not this project"])
+    reason: str = Field(
+        min_length=1, max_length=200, pattern=NO_NUL, examples=["unclear", "not this project"]
+    )
 
 
 class SubmitResult(BaseModel):
@@ -147,7 +151,7 @@ def _lease_payload(s: Any, store: Any, project: Project, task: Task) -> TaskLeas
     response_model=TaskLease,
     responses={204: {"description": "the queue is empty"}},
 )
-def lease_next(project_id: int, user: CurrentUser, db: DbDep, store: StoreDep) -> Any:
+def lease_next(project_id: RowId, user: CurrentUser, db: DbDep, store: StoreDep) -> Any:
     """Lease the highest-priority queued task to you (204 when the queue is empty)."""
     with db.session() as s:
         project = auth.get_project_for(s, user, project_id)
@@ -155,6 +159,7 @@ def lease_next(project_id: int, user: CurrentUser, db: DbDep, store: StoreDep) -
         task = tasks.lease_next(s, project, user, lease_s)
         if task is None:
             return Response(status_code=status.HTTP_204_NO_CONTENT)
+    TASKS_LEASED.inc()  # after the lease committed
     # Building the payload reads blobs: outside the lease transaction, which stays short. The
     # task and project stay loaded after the commit (expire_on_commit=False): not read again.
     with db.session() as s:
@@ -168,13 +173,13 @@ def _task_and_project(s: Any, user: User, task_id: int, lock: bool = True) -> tu
 
 
 @router.get("/tasks/{task_id}", response_model=TaskPublic)
-def get_task(task_id: int, user: CurrentUser, db: DbDep) -> Task:
+def get_task(task_id: RowId, user: CurrentUser, db: DbDep) -> Task:
     with db.session() as s:
         return _task_and_project(s, user, task_id, lock=False)[0]
 
 
 @router.post("/tasks/{task_id}/heartbeat", response_model=TaskPublic)
-def heartbeat(task_id: int, user: CurrentUser, db: DbDep) -> Task:
+def heartbeat(task_id: RowId, user: CurrentUser, db: DbDep) -> Task:
     """Extend your lease by the project's lease time."""
     with db.session() as s:
         task, project = _task_and_project(s, user, task_id)
@@ -182,7 +187,7 @@ def heartbeat(task_id: int, user: CurrentUser, db: DbDep) -> Task:
 
 
 @router.post("/tasks/{task_id}/release", response_model=TaskPublic)
-def release(task_id: int, user: CurrentUser, db: DbDep) -> Task:
+def release(task_id: RowId, user: CurrentUser, db: DbDep) -> Task:
     """Give the task back to the queue."""
     with db.session() as s:
         task, _ = _task_and_project(s, user, task_id)
@@ -190,7 +195,7 @@ def release(task_id: int, user: CurrentUser, db: DbDep) -> Task:
 
 
 @router.post("/tasks/{task_id}/skip", response_model=TaskPublic)
-def skip(task_id: int, body: SkipBody, user: CurrentUser, db: DbDep) -> Task:
+def skip(task_id: RowId, body: SkipBody, user: CurrentUser, db: DbDep) -> Task:
     """Take an unlabellable region out of the queue, with a reason."""
     with db.session() as s:
         task, _ = _task_and_project(s, user, task_id)
@@ -215,7 +220,7 @@ def _decode_patch(data: str) -> np.ndarray:
     "/tasks/{task_id}/submit", response_model=SubmitResult, status_code=status.HTTP_201_CREATED
 )
 def submit(
-    task_id: int,
+    task_id: RowId,
     body: SubmitBody,
     user: CurrentUser,
     db: DbDep,
@@ -242,6 +247,7 @@ def submit(
             revision=LabelRevisionPublic.model_validate(rev),
             created=created,
         )
+    LABELS_SUBMITTED.inc(int(created))  # a retried submission stored nothing new
     if retrain_job is not None and retrain_job.state == "pending":
         request.app.state.dispatch(retrain_job.id)  # after the commit
     if not created:
@@ -250,7 +256,7 @@ def submit(
 
 
 @router.get("/projects/{project_id}/queue")
-def queue(project_id: int, user: CurrentUser, db: DbDep) -> dict[str, int]:
+def queue(project_id: RowId, user: CurrentUser, db: DbDep) -> dict[str, int]:
     """How many tasks are in each state."""
     with db.session() as s:
         auth.get_project_for(s, user, project_id)

@@ -6,11 +6,20 @@ from fastapi import APIRouter, status
 from sqlalchemy import select
 
 from activeseg.api.deps import Admin, CurrentUser, DbDep
-from activeseg.api.schemas import NewToken, Page, TokenCreate, TokenPublic, UserCreate, UserPublic
+from activeseg.api.errors import error_responses
+from activeseg.api.schemas import (
+    NewToken,
+    Page,
+    RowId,
+    TokenCreate,
+    TokenPublic,
+    UserCreate,
+    UserPublic,
+)
 from activeseg.core.services import auth
 from activeseg.core.tables import ApiToken, User
 
-router = APIRouter(tags=["users"])
+router = APIRouter(tags=["users"], responses=error_responses(403, 404, 409))
 
 
 @router.get("/users/me", response_model=UserPublic)
@@ -61,6 +70,6 @@ def list_tokens(user: CurrentUser, db: DbDep) -> Page[TokenPublic]:
 
 
 @router.delete("/tokens/{token_id}", response_model=TokenPublic)
-def revoke_token(token_id: int, user: CurrentUser, db: DbDep) -> ApiToken:
+def revoke_token(token_id: RowId, user: CurrentUser, db: DbDep) -> ApiToken:
     with db.session() as s:
         return auth.revoke_token(s, token_id, user)

@@ -9,18 +9,22 @@ from fastapi import APIRouter, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from activeseg.api.deps import DbDep, Engineer
-from activeseg.api.schemas import Page
+from activeseg.api.errors import error_responses
+from activeseg.api.schemas import Page, RowId
 from activeseg.core.services import auth
 from activeseg.core.tables import WebhookDelivery
 from activeseg.integrations import webhooks
 
-router = APIRouter(tags=["webhooks"])
+router = APIRouter(tags=["webhooks"], responses=error_responses(403, 404, 409))
 Event = Literal["model.trained", "queue.refilled", "job.failed"]
 
 
 class WebhookCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    url: str = Field(max_length=2000, pattern=r"^https?://\S+$", examples=["https://ci/hook"])
+    # No whitespace or control characters (a NUL cannot even be stored in PostgreSQL text).
+    url: str = Field(
+        max_length=2000, pattern=r"^https?://[^\s\x00-\x1f\x7f]+$", examples=["https://ci/hook"]
+    )
     events: list[Event] = Field(min_length=1, max_length=3)
 
 
@@ -58,7 +62,7 @@ class DeliveryPublic(BaseModel):
     response_model=WebhookCreated,
     status_code=status.HTTP_201_CREATED,
 )
-def create_webhook(project_id: int, body: WebhookCreate, user: Engineer, db: DbDep) -> Any:
+def create_webhook(project_id: RowId, body: WebhookCreate, user: Engineer, db: DbDep) -> Any:
     """Deliveries are POSTed as JSON with ``X-Activeseg-Signature: sha256=<hex HMAC-SHA256 of
     the raw body with the secret>``, ``X-Activeseg-Event`` and ``X-Activeseg-Delivery``."""
     with db.session() as s:
@@ -70,14 +74,14 @@ def create_webhook(project_id: int, body: WebhookCreate, user: Engineer, db: DbD
 
 
 @router.get("/projects/{project_id}/webhooks", response_model=Page[WebhookPublic])
-def list_webhooks(project_id: int, user: Engineer, db: DbDep) -> Page[WebhookPublic]:
+def list_webhooks(project_id: RowId, user: Engineer, db: DbDep) -> Page[WebhookPublic]:
     with db.session() as s:
         rows = webhooks.list_webhooks(s, auth.get_project_for(s, user, project_id))
         return Page(data=[WebhookPublic.model_validate(r) for r in rows], count=len(rows))
 
 
 @router.get("/projects/{project_id}/webhooks/{webhook_id}", response_model=WebhookPublic)
-def get_webhook(project_id: int, webhook_id: int, user: Engineer, db: DbDep) -> Any:
+def get_webhook(project_id: RowId, webhook_id: RowId, user: Engineer, db: DbDep) -> Any:
     with db.session() as s:
         project = auth.get_project_for(s, user, project_id)
         return WebhookPublic.model_validate(webhooks.get_webhook(s, project, webhook_id))
@@ -86,7 +90,7 @@ def get_webhook(project_id: int, webhook_id: int, user: Engineer, db: DbDep) -> 
 @router.delete(
     "/projects/{project_id}/webhooks/{webhook_id}", status_code=status.HTTP_204_NO_CONTENT
 )
-def delete_webhook(project_id: int, webhook_id: int, user: Engineer, db: DbDep) -> None:
+def delete_webhook(project_id: RowId, webhook_id: RowId, user: Engineer, db: DbDep) -> None:
     with db.session() as s:
         project = auth.get_project_for(s, user, project_id)
         s.delete(webhooks.get_webhook(s, project, webhook_id))
@@ -97,11 +101,11 @@ def delete_webhook(project_id: int, webhook_id: int, user: Engineer, db: DbDep) 
     response_model=Page[DeliveryPublic],
 )
 def list_deliveries(
-    project_id: int,
-    webhook_id: int,
+    project_id: RowId,
+    webhook_id: RowId,
     user: Engineer,
     db: DbDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Page[DeliveryPublic]:
     """Newest first; ``attempts`` logs each try with its HTTP status or error."""
@@ -117,7 +121,7 @@ def list_deliveries(
     status_code=status.HTTP_202_ACCEPTED,
 )
 def ping(
-    project_id: int, webhook_id: int, user: Engineer, db: DbDep, request: Request
+    project_id: RowId, webhook_id: RowId, user: Engineer, db: DbDep, request: Request
 ) -> DeliveryPublic:
     """Send a ``ping`` event now (to check the receiver and its signature check)."""
     with db.session() as s:

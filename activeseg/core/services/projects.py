@@ -86,6 +86,8 @@ def update_project(
             raise Conflict("classes can be renamed or added, not removed, once a project exists")
         project.classes = new
     if settings_patch:
+        if not isinstance(settings_patch.get("model") or {}, dict):
+            raise Invalid('settings.model must be an object of model settings, e.g. {"epochs": 5}')
         try:
             project.settings = merge_settings(project.settings, settings_patch).model_dump()
         except ValidationError as exc:
