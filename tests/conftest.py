@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,15 +34,36 @@ def pg_url(dbname: str) -> str:
     return f"{base}/{dbname}"
 
 
+_created_databases: list[str] = []
+
+
+def _drop_database(conn: psycopg.Connection, name: str) -> None:  # type: ignore[type-arg]
+    conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+    )
+    conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
 def fresh_pg_database(name: str) -> str:
-    """Drop and create database ``name``; return its SQLAlchemy URL."""
+    """Drop and create database ``name``; return its SQLAlchemy URL. Dropped again when the
+    test session ends."""
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-        )
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        _drop_database(conn, name)
         conn.execute(f'CREATE DATABASE "{name}"')
+    _created_databases.append(name)
     return pg_url(name)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Drop the databases this session made, so they do not pile up on a developer machine."""
+    if not _created_databases:
+        return
+    try:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            for name in _created_databases:
+                _drop_database(conn, name)
+    except psycopg.Error as exc:  # a failed cleanup must not hide the test results
+        print(f"could not drop test databases: {exc}")
 
 
 def free_port() -> int:
@@ -87,6 +109,10 @@ def stack_env(backend: str, data_dir: Path) -> dict[str, str]:
         "ACTIVESEG_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024),
         "ACTIVESEG_MAX_IMAGE_PIXELS": str(1_000_000),
         "ACTIVESEG_MAX_IMAGES_PER_UPLOAD": "20",
+        # One admin token uploads for the whole session: no per-token limits here (they have
+        # their own servers in tests/api/test_rate_limit.py).
+        "ACTIVESEG_RATE_LIMIT_TASKS_PER_MINUTE": "0",
+        "ACTIVESEG_RATE_LIMIT_UPLOADS_PER_MINUTE": "0",
     }
 
 
@@ -105,17 +131,14 @@ def start_server(app: object) -> tuple[uvicorn.Server, threading.Thread, str]:
     return server, thread, f"http://127.0.0.1:{port}"
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def stack(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
+@contextmanager
+def running_stack(backend: str, env: dict[str, str]) -> Iterator[Stack]:
+    """Migrate, create the app and an admin, serve it over real HTTP on a free port."""
     from activeseg.api.app import create_app
     from activeseg.core.migrate import upgrade
     from activeseg.core.services import auth
     from activeseg.core.settings import Settings
 
-    backend = request.param
-    env = stack_env(backend, tmp_path_factory.mktemp(backend))
     settings = Settings(**{k.removeprefix("ACTIVESEG_").lower(): v for k, v in env.items()})
     upgrade(settings.database_url)
     app = create_app(settings)
@@ -123,10 +146,22 @@ def stack(
         admin = auth.create_user(s, f"admin-{backend}", "admin")
         _, token = auth.create_token(s, admin)
     server, thread, url = start_server(app)
-    yield Stack(backend, settings, env, url, token, app.state.db, app.state.store)
-    server.should_exit = True
-    thread.join(timeout=10)
-    app.state.db.dispose()
+    try:
+        yield Stack(backend, settings, env, url, token, app.state.db, app.state.store)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        app.state.db.dispose()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    backend = request.param
+    env = stack_env(backend, tmp_path_factory.mktemp(backend))
+    with running_stack(backend, env) as running:
+        yield running
     redis.Redis.from_url(env["ACTIVESEG_BROKER_URL"]).delete(env["ACTIVESEG_QUEUE"])
 
 

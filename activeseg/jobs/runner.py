@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import case, or_, update
 from sqlalchemy.exc import OperationalError
 
+from activeseg.core import failpoints
 from activeseg.core.db import Database
 from activeseg.core.services.jobs import request_job
 from activeseg.core.settings import Settings
@@ -57,6 +58,7 @@ class JobContext:
     job_id: int
     project_id: int | None
     dispatch: Dispatcher
+    kind: str = ""
     _last_write: float = field(default=0.0)
 
     def enqueue(
@@ -82,6 +84,8 @@ class JobContext:
 
     def progress(self, fraction: float, message: str = "", force: bool = False) -> None:
         """Record progress (0..1). Throttled to one write per second unless ``force``."""
+        if self._last_write == 0.0:
+            failpoints.hit("job.progress", self.kind, self.job_id)
         now = time.monotonic()
         if not force and now - self._last_write < 1.0:
             return
@@ -172,6 +176,7 @@ def run_job(
         job_id=job_id,
         project_id=job.project_id,
         dispatch=dispatch,
+        kind=job.kind,
     )
     params = {k: v for k, v in job.params.items() if k != "then"}
     stop = threading.Event()
@@ -193,6 +198,7 @@ def run_job(
     finally:
         stop.set()
         beat.join(timeout=HEARTBEAT_S + 1)
+    failpoints.hit("job.before_finish", job.kind, job_id)
     if isinstance(result, Waiting):
         with db.session() as s:
             s.execute(
