@@ -17,15 +17,17 @@ from activeseg.core.tables import Role, User
 _bearer = HTTPBearer(auto_error=False, description="API token from `activeseg user create`")
 
 
-def get_db(request: Request) -> Database:
+# These three do no I/O: async, so FastAPI calls them inline instead of handing each to the
+# thread pool (a thread hop per dependency per request, on every lease).
+async def get_db(request: Request) -> Database:
     return request.app.state.db  # type: ignore[no-any-return]
 
 
-def get_store(request: Request) -> BlobStore:
+async def get_store(request: Request) -> BlobStore:
     return request.app.state.store  # type: ignore[no-any-return]
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 

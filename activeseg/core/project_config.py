@@ -71,16 +71,18 @@ class ModelSettings(BaseModel):
     base_channels: int = Field(default=16, ge=4, le=128)
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
     epochs: int = Field(default=40, ge=1, le=10_000)
-    max_steps: int | None = Field(default=None, ge=1, description="optimiser steps per member")
+    max_steps: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="optimiser steps per member"
+    )
     batch_size: int = Field(default=8, ge=1, le=512)
     patch_size: int = Field(default=128, ge=8, le=4096)
     lr: float = Field(default=1e-3, gt=0, le=1)
     weight_decay: float = Field(default=1e-4, ge=0, le=1)
     class_weighted: bool = False
     augment: bool = True
-    patience: int | None = Field(default=10, ge=1)
+    patience: int | None = Field(default=10, ge=1, le=10_000)
     warm_start: bool = True
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)  # numpy and torch seeds are 32-bit
 
 
 class ProjectSettings(BaseModel):
@@ -92,9 +94,11 @@ class ProjectSettings(BaseModel):
     strategy: Literal["top_k", "random", "power", "softmax", "softrank"] = "power"
     beta: float = Field(default=1.0, gt=0)
     batch_size: int = Field(default=20, ge=1, le=10_000, description="regions queued per round")
-    per_image_cap: int | None = Field(default=3, ge=1)
+    per_image_cap: int | None = Field(default=3, ge=1, le=100_000)
     min_distance: float | None = Field(default=None, ge=0)
-    auto_retrain_every: int | None = Field(default=None, ge=1, description="labels per retrain")
+    auto_retrain_every: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="labels per retrain"
+    )
     auto_activate: bool = True
     lease_seconds: int = Field(default=600, ge=5, le=86_400)
     overlap: int = Field(default=1, ge=1, le=10)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import threading
+from collections import OrderedDict
 
 import numpy as np
 from sqlalchemy import select
@@ -34,6 +36,42 @@ def decode_region_map(data: bytes) -> RegionMap:
         return region_stats(npz["labels"].astype(np.int32))
 
 
+class RegionMapCache:
+    """Decoded region maps by blob key, least recently used dropped first once they hold more
+    than ``max_bytes``. Blobs are content-addressed (a key always names the same bytes), so an
+    entry never goes stale. Every lease reads its image's map: decoding the npz and computing
+    the region statistics cost about 3 ms a lease (BENCHMARKS.md). The arrays are made
+    read-only, since every caller shares them."""
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._maps: OrderedDict[str, RegionMap] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, store: BlobStore, key: str) -> RegionMap:
+        with self._lock:
+            found = self._maps.get(key)
+            if found is not None:
+                self._maps.move_to_end(key)
+                return found
+        regions = decode_region_map(store.get(key))  # outside the lock: other leases go on
+        for array in (regions.labels, regions.counts, regions.bboxes):
+            array.flags.writeable = False
+        size = regions.labels.nbytes + regions.counts.nbytes + regions.bboxes.nbytes
+        with self._lock:
+            if key not in self._maps:
+                self._maps[key] = regions
+                self._bytes += size
+            while self._bytes > self.max_bytes and len(self._maps) > 1:
+                _, old = self._maps.popitem(last=False)
+                self._bytes -= old.labels.nbytes + old.counts.nbytes + old.bboxes.nbytes
+        return regions
+
+
+REGION_MAPS = RegionMapCache()
+
+
 def region_set(
     session: Session, store: BlobStore, image: Image, kind: str, size: int
 ) -> tuple[RegionSet, RegionMap]:
@@ -48,7 +86,7 @@ def region_set(
         )
     )
     if row is not None:
-        return row, decode_region_map(store.get(row.blob_key))
+        return row, REGION_MAPS.get(store, row.blob_key)
     regions = compute_region_map(decode_image(store.get(image.blob_key)), kind, size)
     key = store.put(encode_region_map(regions))
     row = RegionSet(
