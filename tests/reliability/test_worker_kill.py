@@ -138,13 +138,23 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 120.0) -> No
 
 
 def wait_idle(admin: httpx.Client, pid: int, timeout: float = 240.0) -> None:
-    """Until no job of the project is pending, queued, running or waiting."""
+    """Until no job of the project is pending, queued, running or waiting, and no new job has
+    appeared for 2 s: a chain's next job is created just *after* the previous one is marked
+    succeeded, so one idle look can fall between the two."""
+    seen: list[tuple[float, int]] = []  # (when, newest job id) of the current idle stretch
 
-    def idle() -> bool:
-        page = admin.get(f"/projects/{pid}/jobs", params={"limit": 200}).json()["data"]
-        return all(j["state"] in ("succeeded", "failed") for j in page)
+    def settled() -> bool:
+        jobs = admin.get(f"/projects/{pid}/jobs", params={"limit": 200}).json()["data"]
+        if not all(j["state"] in ("succeeded", "failed") for j in jobs):
+            seen.clear()
+            return False
+        newest = max((j["id"] for j in jobs), default=0)  # the list is newest first
+        if seen and seen[0][1] != newest:
+            seen.clear()
+        seen.append((time.monotonic(), newest))
+        return seen[-1][0] - seen[0][0] >= 2.0
 
-    wait_for(idle, "the project's jobs to finish", timeout)
+    wait_for(settled, "the project's jobs to finish", timeout)
 
 
 def plant_orphans(stack: Stack, n: int = 2) -> list[str]:
@@ -263,8 +273,8 @@ def test_worker_sigkilled_mid_job_completes_once(  # type: ignore[no-untyped-def
         rescuer = start_worker(stack, tmp_path / "rescuer.log", "rescuer", 1, True, FAST_WORKER)
         done = wait_job(admin, held[0].id, timeout=240)
         wait_job(admin, first, timeout=240)
+        recovered_s = time.monotonic() - t0  # the killed job and its request are done
         wait_idle(admin, pid)
-        recovered_s = time.monotonic() - t0
     finally:
         for f in folder.glob("*"):
             f.unlink()
