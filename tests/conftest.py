@@ -119,7 +119,16 @@ def stack_env(backend: str, data_dir: Path) -> dict[str, str]:
 def start_server(app: object) -> tuple[uvicorn.Server, threading.Thread, str]:
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            # Longer than any pause in a test: at uvicorn's default (5 s) a request sent just
+            # as the server closes the idle keep-alive connection gets "connection reset".
+            timeout_keep_alive=300,
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
