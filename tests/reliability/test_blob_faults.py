@@ -5,7 +5,9 @@ The fault: the store's ``put`` fails with a real ``OSError`` from the Nth call o
 full disk; EROFS: a read-only one), either before writing (the disk filled up) or after the
 bytes landed (the error came from a later step, e.g. a directory fsync), on the live server's
 own store. Services write the blob first and commit the row after, so the rows of the request
-roll back and only unreferenced blobs (orphans) can be left behind.
+roll back and only unreferenced blobs (orphans) can be left behind. The error is injected at
+``put`` because the real causes cannot be made here: the tests run as root (a read-only
+folder does not stop root) and cannot mount a small filesystem to fill up.
 
 Status choice: 507 Insufficient Storage for ENOSPC/EDQUOT (the request cannot succeed until
 space is freed; a client should not retry at once) and 503 with Retry-After for other
