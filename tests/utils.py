@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import itertools
+import subprocess
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -104,3 +106,25 @@ def run_job_inline(
 def build_queue_inline(stack: Any, project_id: int) -> int:
     """Request a build_queue job and run it in this process (no broker); returns its id."""
     return run_job_inline(stack, project_id, "build_queue")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def chromium_browser() -> Iterator[Any]:
+    """The headless Debian Chromium under Playwright, for a module-scoped ``browser``
+    fixture: ``browser = pytest.fixture(scope="module")(chromium_browser)``."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

@@ -77,14 +77,17 @@ class BlobStore(Protocol):
         """Raise if the store cannot be used (for /health)."""
 
 
+def is_blob_key(value: object) -> bool:
+    """Whether ``value`` has the shape of a blob key (64 lowercase hex digits)."""
+    return (
+        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    )
+
+
 def _valid_key(key: str) -> str:
-    if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+    if not is_blob_key(key):
         raise NotFound(f"no blob {key!r}")
     return key
-
-
-def _is_key(name: str) -> bool:
-    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
 
 class LocalBlobStore:
@@ -139,7 +142,7 @@ class LocalBlobStore:
         self._path(key).unlink(missing_ok=True)
 
     def _blob_paths(self) -> Iterator[Path]:
-        return (p for p in self.root.glob("??/??/*") if _is_key(p.name))
+        return (p for p in self.root.glob("??/??/*") if is_blob_key(p.name))
 
     def keys(self) -> list[str]:
         return sorted(p.name for p in self._blob_paths())
@@ -316,7 +319,7 @@ class S3BlobStore:
             for page in pages:
                 for obj in page.get("Contents", []):
                     name = obj["Key"][len(self.prefix) :]
-                    if _is_key(name):  # other objects under the prefix are not ours
+                    if is_blob_key(name):  # other objects under the prefix are not ours
                         yield name, obj["LastModified"]
 
     def keys(self) -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import free_port
+from tests.utils import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,12 +39,7 @@ def server_process(env: dict[str, str], workers: int = 2) -> Iterator[str]:
             _wait_ready(proc, f"http://127.0.0.1:{port}", workers)
             yield f"http://127.0.0.1:{port}"
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
             log.seek(0)
             text = log.read().decode(errors="replace").strip()
             if text:

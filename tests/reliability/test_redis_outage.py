@@ -18,7 +18,8 @@ from tests.conftest import Stack
 from tests.reliability.annotators import Crew, lost_labels, percentile, project_with_crew
 from tests.reliability.figures import record
 from tests.reliability.services import PrivateRedis, stack_on
-from tests.worker.conftest import start_worker, stop, wait_job
+from tests.utils import stop_process
+from tests.worker.conftest import start_worker, wait_job
 from tests.worker.test_loop_integration import FAST_WORKER
 
 OUTAGE_S = 8.0
@@ -48,7 +49,7 @@ def test_annotation_and_job_requests_survive_a_redis_restart(  # type: ignore[no
     try:
         wait_job(admin, admin.post(f"/projects/{pid}/verify", json={}).json()["id"], timeout=60)
     finally:
-        stop(first)
+        stop_process(first)
     # With no worker consuming, this job's message waits in Redis ... and dies with it.
     doomed = admin.post(f"/projects/{pid}/verify", json={"request_id": "doomed"}).json()
     assert doomed["state"] == "queued"
@@ -78,7 +79,7 @@ def test_annotation_and_job_requests_survive_a_redis_restart(  # type: ignore[no
             time.sleep(2)
         finally:
             crew.stop.set()
-            stop(rescuer)
+            stop_process(rescuer)
         redispatch_s = time.monotonic() - t_up
 
     bad = [o for o in during if o.status not in (200, 201, 204)]

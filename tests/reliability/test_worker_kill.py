@@ -37,8 +37,8 @@ from activeseg.core.tables import (
 )
 from tests.conftest import Stack
 from tests.reliability.figures import record
-from tests.utils import run_job_inline
-from tests.worker.conftest import start_worker, stop, wait_job
+from tests.utils import run_job_inline, stop_process
+from tests.worker.conftest import start_worker, wait_job
 from tests.worker.test_loop_integration import FAST_MODEL, FAST_WORKER, annotator, digits_project
 
 
@@ -243,7 +243,7 @@ def test_worker_sigkilled_mid_job_completes_once(  # type: ignore[no-untyped-def
         clean_jobs = delta(jobs_after_clean, jobs_before_clean)
     finally:
         for w in clean_workers:
-            stop(w)
+            stop_process(w)
     delivered_before = len(receiver.deliveries)
 
     env = {**FAST_WORKER, "ACTIVESEG_FAILPOINT_DIR": str(folder)}
@@ -281,7 +281,7 @@ def test_worker_sigkilled_mid_job_completes_once(  # type: ignore[no-untyped-def
         receiver.release.clear()
         for p in (victim, rescuer):
             if p is not None:
-                stop(p)
+                stop_process(p)
     assert done["attempts"] == 2, done  # the killed attempt and the one that finished it
     got = delta(counts(stack, pid), before)
     assert got == expected, f"a killed {kind} wrote {got}, a clean run writes {expected}"

@@ -5,14 +5,12 @@ renders without errors. Jobs run through the inline job runner (no broker)."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import sync_playwright
 from sqlalchemy import select
 
 from activeseg.client.simulate import write_csv
@@ -23,7 +21,7 @@ from activeseg.core.tables import Job, ModelVersion, User
 from activeseg.datasets.digits import digits
 from activeseg.jobs.registry import inline_dispatcher
 from tests.conftest import Stack
-from tests.utils import CHROMIUM, CHROMIUM_ARGS, unique
+from tests.utils import chromium_browser, unique
 
 TINY = ModelSettings(
     method="mc_dropout",
@@ -164,12 +162,7 @@ def test_baseline_csv_is_drawn_in_later_reports(
         assert s.scalar(select(ModelVersion.report).where(ModelVersion.id == mv)) is not None
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+browser = pytest.fixture(scope="module")(chromium_browser)
 
 
 @pytest.mark.parametrize("stack", ["postgresql"], indirect=True)

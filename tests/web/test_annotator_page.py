@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 from sqlalchemy import select
 
 from activeseg.core.services.jobs import request_job
@@ -36,9 +36,8 @@ from activeseg.jobs.registry import inline_dispatcher
 from activeseg.jobs.score_pool import encode_heatmaps
 from tests.conftest import Stack
 from tests.utils import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     build_queue_inline,
+    chromium_browser,
     image_bytes,
     make_project,
     make_user,
@@ -110,12 +109,7 @@ def labelling(stack: Stack, admin: Any) -> dict[str, Any]:
     return {"pid": pid, "token": token, "name": name}
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+browser = pytest.fixture(scope="module")(chromium_browser)
 
 
 @dataclass

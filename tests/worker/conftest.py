@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import Stack
+from tests.utils import stop_process
 
 
 def start_worker(
@@ -48,16 +49,6 @@ def start_worker(
     )
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture
 def worker(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
@@ -74,7 +65,7 @@ def worker(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., subprocess.Po
 
     yield spawn
     for p in procs:
-        stop(p)
+        stop_process(p)
 
 
 def wait_job(

@@ -32,7 +32,7 @@ from sqlalchemy import JSON, Column, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from activeseg.core.db import Database
-from activeseg.core.storage import BlobStore
+from activeseg.core.storage import BlobStore, is_blob_key
 from activeseg.core.tables import (
     Base,
     Image,
@@ -70,16 +70,10 @@ NOT_BLOB_KEY_COLUMNS = frozenset(
 )
 
 
-def _is_key(value: object) -> bool:
-    return (
-        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
-    )
-
-
 def _keys_in(value: Any) -> Iterator[str]:
     """Every sha256-shaped string anywhere inside a JSON value."""
     if isinstance(value, str):
-        if _is_key(value):
+        if is_blob_key(value):
             yield value
     elif isinstance(value, dict):
         for item in value.values():

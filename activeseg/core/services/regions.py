@@ -58,15 +58,18 @@ class RegionMapCache:
         regions = decode_region_map(store.get(key))  # outside the lock: other leases go on
         for array in (regions.labels, regions.counts, regions.bboxes):
             array.flags.writeable = False
-        size = regions.labels.nbytes + regions.counts.nbytes + regions.bboxes.nbytes
         with self._lock:
             if key not in self._maps:
                 self._maps[key] = regions
-                self._bytes += size
+                self._bytes += _nbytes(regions)
             while self._bytes > self.max_bytes and len(self._maps) > 1:
                 _, old = self._maps.popitem(last=False)
-                self._bytes -= old.labels.nbytes + old.counts.nbytes + old.bboxes.nbytes
+                self._bytes -= _nbytes(old)
         return regions
+
+
+def _nbytes(regions: RegionMap) -> int:
+    return regions.labels.nbytes + regions.counts.nbytes + regions.bboxes.nbytes
 
 
 REGION_MAPS = RegionMapCache()
