@@ -28,10 +28,9 @@ def test_a_failing_job_is_marked_failed_and_can_be_retried(stack: Stack, admin, 
     assert "1 missing" in failed["error"]
     # Put the blob back, retry: the same job row succeeds.
     stack.store.put(image_bytes(8, 8, seed=23))  # type: ignore[attr-defined]
-    assert admin.post(f"/jobs/{job['id']}/retry").json()["state"] in (
-        "queued",
-        "running",
-        "pending",
-    )
+    retried = admin.post(f"/jobs/{job['id']}/retry")
+    # The answer is read after the dispatch: a fast worker may have finished the tiny job.
+    assert retried.status_code == 200
+    assert retried.json()["state"] in ("queued", "running", "pending", "succeeded")
     done = wait_job(admin, job["id"])
     assert done["attempts"] == 2 and done["error"] is None
