@@ -24,7 +24,9 @@ import uvicorn
 PG_ADMIN_DSN = os.environ.get("ACTIVESEG_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("ACTIVESEG_TEST_REDIS", "redis://127.0.0.1:6379")
 # Redis database numbers per backend, so workers of one never see the other's messages.
-REDIS_DB = {"sqlite": 14, "postgresql": 15}
+# ACTIVESEG_TEST_REDIS_DB_BASE moves both, so two test runs on one machine stay apart.
+_REDIS_BASE = int(os.environ.get("ACTIVESEG_TEST_REDIS_DB_BASE", "14"))
+REDIS_DB = {"sqlite": _REDIS_BASE, "postgresql": _REDIS_BASE + 1}
 
 os.environ.setdefault("ACTIVESEG_ENVIRONMENT", "test")
 
@@ -171,6 +173,11 @@ def stack(
     env = stack_env(backend, tmp_path_factory.mktemp(backend))
     with running_stack(backend, env) as running:
         yield running
+    purge_queue(env)
+
+
+def purge_queue(env: dict[str, str]) -> None:
+    """Drop every message waiting in the stack's Celery queue."""
     redis.Redis.from_url(env["ACTIVESEG_BROKER_URL"]).delete(env["ACTIVESEG_QUEUE"])
 
 

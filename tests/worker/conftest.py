@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Stack
+from tests.conftest import Stack, purge_queue
 from tests.utils import stop_process
 
 
@@ -52,6 +52,10 @@ def start_worker(
 @pytest.fixture
 def worker(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
+    # The stack lives for the whole session and earlier tests enqueue jobs with no worker to
+    # run them (a retrain of the default model takes minutes): a worker started here must
+    # find only what its own test enqueues, so the leftovers go first.
+    purge_queue(stack.env)
 
     def spawn(
         name: str = "w1",
