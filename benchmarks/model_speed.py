@@ -60,9 +60,7 @@ def bench_size(size: int, n_images: int, train_steps: int, repeats: int) -> dict
     masks = [s.mask for s in samples]
     base = {"in_channels": 1, "n_classes": 11, "device": "cpu", "patch_size": size}
 
-    train_config = ModelConfig(
-        **base, method="single", epochs=10_000, max_steps=train_steps, batch_size=BATCH
-    )
+    train_config = ModelConfig(**base, method="single", steps=train_steps, batch_size=BATCH)
     train_s = fastest({"train": lambda: train(train_config, images, masks)}, repeats)["train"]
 
     torch.manual_seed(0)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -221,6 +222,18 @@ def _demo_project(host: str, port: int) -> None:
         )
 
 
+SIMULATE_STEPS = 300
+"""``simulate``'s optimiser steps per retrain: a fifth of a project's default, so that
+``--rounds 2 --budget 20`` on digits stays within a few minutes on a laptop CPU."""
+
+
+class AnnotatorProtocol(StrEnum):
+    """How ``simulate``'s annotator answers (activeseg.client.simulate.PROTOCOLS)."""
+
+    dominant = "dominant"
+    exact = "exact"
+
+
 @app.command()
 def simulate(
     dataset: Annotated[str, typer.Option(help="digits | nuclei | folder:PATH")] = "digits",
@@ -237,7 +250,27 @@ def simulate(
     budget: Annotated[int, typer.Option(help="regions labelled per round")] = 40,
     seeds: Annotated[int, typer.Option(help="repetitions with seeds 0..S-1")] = 1,
     method: Annotated[str, typer.Option(help="mc_dropout | ensemble | single")] = "mc_dropout",
-    epochs: Annotated[int, typer.Option(help="training epochs per retrain")] = 30,
+    steps: Annotated[
+        int,
+        typer.Option(
+            help="optimiser steps per retrain (the project default is "
+            "activeseg.config_compat.DEFAULT_STEPS; fewer keep a simulation short)"
+        ),
+    ] = SIMULATE_STEPS,
+    protocol: Annotated[
+        AnnotatorProtocol,
+        typer.Option(
+            help="the simulated annotator's answer: the region's majority class (dominant) "
+            "or its exact ground-truth pixels as a mask patch (exact)",
+        ),
+    ] = AnnotatorProtocol.dominant,
+    control_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="share of each queue drawn at random as a control (project setting "
+            "control_fraction); default: the project's default"
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option(help="folder for curve.csv and curve.png")] = Path(
         "simulation"
     ),
@@ -253,6 +286,7 @@ def simulate(
     )
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request hides the rounds
     cfg = SimulationConfig(
         dataset=dataset,
         count=count,
@@ -263,7 +297,9 @@ def simulate(
         rounds=rounds,
         budget=budget,
         seeds=list(range(seeds)),
-        model={"method": method, "epochs": epochs},
+        model={"method": method, "steps": steps},
+        protocol=protocol.value,
+        control_fraction=control_fraction,
     )
     rows = run_simulation(cfg, workdir=out / "runs" if keep else None, keep=keep)
     write_csv(rows, out / "curve.csv")
@@ -271,8 +307,14 @@ def simulate(
     for row in rows:
         typer.echo(
             f"seed {row['seed']} round {row['round']}: {row['labelled_regions']} regions,"
-            f" {100 * row['labelled_fraction']:.1f}% pixels, test mIoU {row['test_miou']}"
+            f" {100 * row['labelled_fraction']:.1f}% pixels, test mIoU {row['test_miou']},"
+            f" {row['round_s']:.1f} s (label {row['label_s']:.1f}, retrain {row['retrain_s']:.1f},"
+            f" re-score/queue {row['requeue_s']:.1f})"
         )
+    for seed in cfg.seeds:
+        mine = [row for row in rows if row["seed"] == seed]
+        if mine:
+            typer.echo(f"seed {seed}: {mine[-1]['seed_elapsed_s']:.1f} s in all")
     typer.echo(f"wrote {out / 'curve.csv'} and {out / 'curve.png'}")
 
 

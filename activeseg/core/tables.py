@@ -213,12 +213,17 @@ class RegionSet(Base):
 
     __tablename__ = "region_sets"
     __table_args__ = (
-        UniqueConstraint("image_id", "kind", "size", name="uq_region_sets_image_kind_size"),
+        UniqueConstraint(
+            "image_id", "kind", "size", "sigma", name="uq_region_sets_image_kind_size_sigma"
+        ),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(20))  # superpixel | grid
     size: Mapped[int] = mapped_column(Integer)
+    # SLIC's Gaussian smoothing in pixels (0 = none, and always 0 for grid tiles); maps made
+    # before it was a setting were unsmoothed, hence the server default.
+    sigma: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
     n_regions: Mapped[int] = mapped_column(Integer)
     blob_key: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -351,11 +356,16 @@ class Task(Base):
     region_key: Mapped[str] = mapped_column(String(200))
     region_kind: Mapped[str] = mapped_column(String(20))
     region_size: Mapped[int] = mapped_column(Integer)
+    region_sigma: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
     model_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("model_versions.id", ondelete="SET NULL")
     )
     measure: Mapped[str] = mapped_column(String(40))
+    # Lease order, higher first: minus the task's position in its round's sampled order.
     priority: Mapped[float] = mapped_column(Float)
+    # Drawn uniformly at random from the candidates not selected (the yardstick of the
+    # queue); annotators are never told which tasks are controls.
+    control: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     state: Mapped[str] = mapped_column(_str_enum(TaskState), default=TaskState.queued.value)
     leased_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     leased_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -364,6 +374,12 @@ class Task(Base):
     submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     submitted_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     skip_reason: Mapped[str | None] = mapped_column(String(200))
+    # Filled at submit: pixels the answer labels, of those the ones where the queuing model
+    # version predicted another class (NULL without a model), and the annotation cost in
+    # clicks (activeseg.uncertainty.annotation_cost).
+    answered_pixels: Mapped[int | None] = mapped_column(BigInteger)
+    model_wrong_pixels: Mapped[int | None] = mapped_column(BigInteger)
+    clicks: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +78,8 @@ class Dataset:
     """A re-iterable source of samples: ``for sample in dataset`` starts a fresh pass.
 
     ``size`` is the number of samples one pass yields; ``in_channels`` is 1 for grey and 3 when
-    the images are RGB.
+    the images are RGB; ``model_defaults`` are project model settings (``ModelSettings`` keys)
+    that suit this data, applied on import where the project leaves them unset.
     """
 
     name: str
@@ -85,6 +87,8 @@ class Dataset:
     in_channels: int
     size: int
     _samples: Callable[[], Iterator[Sample]]
+    model_defaults: Mapping[str, Any] = field(default_factory=dict)
+    """Model settings this data needs unless the project sets them (e.g. digits: no flips)."""
 
     def __iter__(self) -> Iterator[Sample]:
         return self._samples()

@@ -22,6 +22,10 @@ STROKE_THRESHOLD = 0.3
 Thresholding what is drawn, not the glyph before its brightness is applied, keeps the mask
 boundary at one visible contrast, so the labels follow the image."""
 
+DIGITS_MODEL_DEFAULTS = {"augment_flip": False, "augment_rotate": False}
+"""A mirrored or turned digit is another digit (or none: a turned 6 is a 9), so training on
+digits keeps the shift and intensity augmentations but never flips or rotates."""
+
 PLACEMENT_ATTEMPTS = 30
 """Tries to find a free spot before a digit may overlap another one."""
 
@@ -97,5 +101,10 @@ def digits(
             yield Sample(name=f"digits-s{seed}-{i:06d}", image=image, mask=mask)
 
     return Dataset(
-        name="digits", classes=digit_classes(), in_channels=1, size=count, _samples=samples
+        name="digits",
+        classes=digit_classes(),
+        in_channels=1,
+        size=count,
+        _samples=samples,
+        model_defaults=DIGITS_MODEL_DEFAULTS,
     )

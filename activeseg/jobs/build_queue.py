@@ -6,6 +6,14 @@ model version); without one (day one) the batch is drawn at random. Selection it
 uncertainty core's ``select_regions`` (stochastic batch acquisition by default, with a cap
 per image). Queued tasks of another model version are marked stale and replaced; leased
 tasks are left alone.
+
+The lease order is the sampled order: a task's priority is minus its position, so the first
+region ``select_regions`` returned is leased first and a round cut short keeps what the
+sampling decided (not a top-k of the raw scores). In a round with a model,
+``round(batch_size * control_fraction)`` of the batch are controls drawn uniformly at random
+from the candidates not selected, placed at random positions (``Task.control``; annotators
+are not told). Every random draw of a round comes from one stream,
+``np.random.default_rng([project seed, round number])``.
 """
 
 from __future__ import annotations
@@ -15,16 +23,54 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select
 
-from activeseg.core.project_config import ENSEMBLE_ONLY
+from activeseg.core.project_config import ENSEMBLE_ONLY, ProjectSettings
 from activeseg.core.services.labels import current_mask
 from activeseg.core.services.projects import project_settings
-from activeseg.core.services.regions import region_set
+from activeseg.core.services.regions import region_count_warning, region_set, region_sigma
 from activeseg.core.services.tasks import mark_stale, open_region_keys
 from activeseg.core.tables import Image, ModelVersion, Project, RegionScore, Round, Split, Task
 from activeseg.integrations.webhooks import notify
 from activeseg.jobs.runner import JobContext
 from activeseg.uncertainty.pooling import labelled_fraction
-from activeseg.uncertainty.selection import select_regions
+from activeseg.uncertainty.selection import draw_controls, interleave, select_regions
+
+MAX_WARNINGS = 20  # region-count warnings kept in the job result (the total is kept too)
+
+
+def plan_round(
+    scores: np.ndarray,
+    image_index: np.ndarray,
+    centroids: np.ndarray,
+    settings: ProjectSettings,
+    strategy: str,
+    n_control: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The lease order of a round: ``batch_size - n_control`` regions selected by
+    ``strategy``, ``n_control`` controls drawn at random from the rest, interleaved at random.
+
+    Args:
+        scores: float ``[N]`` candidate scores; image_index: int ``[N]`` image per candidate;
+        centroids: float ``[N, 2]``; rng: the round's stream (``[seed, round number]``).
+
+    Returns:
+        ``(order, is_control)``: int64 ``[B]`` candidate indices in lease order, bool ``[B]``.
+    """
+    picked = select_regions(
+        scores,
+        image_index,
+        settings.batch_size - n_control,
+        strategy=strategy,  # type: ignore[arg-type]
+        per_image_cap=settings.per_image_cap,
+        min_distance=settings.min_distance,
+        centroids=centroids,
+        beta=settings.beta,
+        seed=rng,
+    )
+    controls = draw_controls(
+        scores, image_index, picked, n_control, per_image_cap=settings.per_image_cap, seed=rng
+    )
+    return interleave(picked, controls, seed=rng)
 
 
 def build_queue(
@@ -51,6 +97,9 @@ def build_queue(
             )
         )
         busy = open_region_keys(s, project.id, mv.id if mv is not None else None)
+        number = (
+            s.scalar(select(func.max(Round.number)).where(Round.project_id == project.id)) or 0
+        ) + 1
     measure = settings.measure
     if mv is not None and measure in ENSEMBLE_ONLY and mv.config.get("method") == "single":
         raise ValueError(f"measure {measure!r} needs an ensemble or MC-dropout model")
@@ -73,10 +122,17 @@ def build_queue(
                 ).where(RegionScore.model_version_id == mv.id, RegionScore.measure == measure)
             ):
                 scores_by_image.setdefault(image_id, {})[region] = (value, cls)
+    sigma = region_sigma(settings.region_kind, settings.slic_sigma)
+    warnings: list[str] = []
     for n, image in enumerate(images):
         with ctx.db.session() as s:
-            _, regions = region_set(s, ctx.store, image, settings.region_kind, settings.region_size)
+            _, regions = region_set(
+                s, ctx.store, image, settings.region_kind, settings.region_size, sigma
+            )
             mask = current_mask(s, ctx.store, image)
+        warning = region_count_warning(image, regions, settings.region_kind, settings.region_size)
+        if warning is not None:
+            warnings.append(warning)
         frac = labelled_fraction(mask, regions.labels, regions.n_regions)
         scored = scores_by_image.get(image.id)
         if mv is not None and scored is None:
@@ -95,26 +151,19 @@ def build_queue(
             centroids.append(cents[r])
         ctx.progress(0.8 * (n + 1) / max(len(images), 1), f"read {n + 1}/{len(images)} images")
 
-    picked: np.ndarray = np.zeros(0, np.int64)
+    order, is_control = np.zeros(0, np.int64), np.zeros(0, np.bool_)
     if cand_score:
-        image_index = np.unique(np.asarray(cand_image), return_inverse=True)[1]
-        picked = select_regions(
+        order, is_control = plan_round(
             np.asarray(cand_score, np.float64),
-            image_index,
-            settings.batch_size,
-            strategy=use_strategy,  # type: ignore[arg-type]
-            per_image_cap=settings.per_image_cap,
-            min_distance=settings.min_distance,
-            centroids=np.asarray(centroids, np.float64),
-            beta=settings.beta,
-            seed=ctx.job_id,
+            np.unique(np.asarray(cand_image), return_inverse=True)[1],
+            np.asarray(centroids, np.float64),
+            settings,
+            use_strategy,
+            n_control=round(settings.batch_size * settings.control_fraction) if mv else 0,
+            rng=np.random.default_rng([settings.seed, number]),
         )
-    rng = np.random.default_rng(ctx.job_id)
     with ctx.db.session() as s:
         stale = mark_stale(s, project.id, mv.id if mv is not None else None)
-        number = (
-            s.scalar(select(func.max(Round.number)).where(Round.project_id == project.id)) or 0
-        ) + 1
         labelled = (
             s.scalar(
                 select(func.coalesce(func.sum(Image.labelled_pixels), 0)).where(
@@ -129,15 +178,15 @@ def build_queue(
             model_version_id=mv.id if mv else None,
             measure=measure if mv is not None else "random",
             strategy=use_strategy,
-            n_tasks=len(picked),
+            n_tasks=len(order),
             labelled_pixels=int(labelled),
             job_id=ctx.job_id,
         )
         s.add(rnd)
         s.flush()
-        for i in picked:
-            # Priority is the acquisition score (random draws on day one): the lease order.
-            priority = float(cand_score[i]) if mv is not None else float(rng.random())
+        for position, (i, control) in enumerate(
+            zip(order.tolist(), is_control.tolist(), strict=True)
+        ):
             s.add(
                 Task(
                     project_id=project.id,
@@ -147,16 +196,25 @@ def build_queue(
                     region_key=str(cand_region[i]),
                     region_kind=settings.region_kind,
                     region_size=settings.region_size,
+                    region_sigma=sigma,
                     model_version_id=mv.id if mv else None,
                     measure=rnd.measure,
-                    priority=priority,
+                    # Leased highest first: the first of the sampled order goes first.
+                    priority=-float(position),
+                    control=bool(control),
                 )
             )
-    notify(ctx, "queue.refilled", {"round": number, "tasks": len(picked)})
-    return {
+    notify(ctx, "queue.refilled", {"round": number, "tasks": len(order)})
+    result: dict[str, Any] = {
         "round": number,
-        "tasks": len(picked),
+        "tasks": len(order),
+        "controls": int(is_control.sum()),
         "candidates": len(cand_score),
         "stale": stale,
         "strategy": use_strategy,
+        "seed": settings.seed,
     }
+    if warnings:
+        result["region_warnings"] = warnings[:MAX_WARNINGS]
+        result["region_warnings_total"] = len(warnings)
+    return result

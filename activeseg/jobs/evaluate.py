@@ -27,6 +27,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from activeseg.core.services.models import load_predictor
+from activeseg.core.services.projects import project_settings
+from activeseg.core.services.regions import compute_region_map
 from activeseg.core.tables import (
     Image,
     Job,
@@ -198,6 +200,7 @@ def evaluate(
         project = s.get(Project, mv.project_id)
         assert project is not None
         project_id, project_name = project.id, project.name
+        settings = project_settings(project)
         s.expunge(mv)
     ctx.progress(0.02, "loading held-out images", force=True)
     used_split, images, masks, note = _held_out(ctx, project_id, split)
@@ -207,6 +210,14 @@ def evaluate(
     sections: dict[str, Any] = {"calibration": None, "error_detection": None, "shift": None}
     if used_split is not None:
         t0 = time.monotonic()
+        # The per-region figures use the regions annotators are given: the project's kind,
+        # size and smoothing, made exactly as the service makes them; computed, not read with
+        # region_set, so the report job writes no rows.
+        sigma = settings.slic_sigma if settings.region_kind != "grid" else 0.0
+        region_maps = [
+            compute_region_map(image, settings.region_kind, settings.region_size, sigma).labels
+            for image in images
+        ]
         sections = model_sections(
             predictor,
             images,
@@ -215,6 +226,8 @@ def evaluate(
             temperature=mv.temperature,
             options=options,
             progress=lambda f, m: ctx.progress(0.05 + 0.7 * f, m),
+            region_maps=region_maps,
+            region_kind=f"{settings.region_kind} {settings.region_size}",
         )
         timings["model_sections_s"] = time.monotonic() - t0
     ctx.progress(0.78, "learning curve", force=True)

@@ -1,9 +1,10 @@
 """retrain: snapshot the labels, train a new model version, evaluate it, maybe activate it.
 
 Training data: every pool or train image with labelled pixels (partial labels: 255 pixels are
-ignored by the loss). Validation: labelled ``val`` images (early stopping, temperature,
-metrics). Idempotent: the version row is unique per job, so a redelivered job that already
-stored its version only finishes the chain.
+ignored by the loss). Validation: labelled ``val`` images (temperature, metrics,
+``class_weights="val"``, and early stopping only when ``patience`` is set). Idempotent: the
+version row is unique per job, so a redelivered job that already stored its version only
+finishes the chain.
 """
 
 from __future__ import annotations
@@ -84,19 +85,24 @@ def retrain(
         if not images:
             raise ValueError("no labelled images to train on: label some regions first")
         _, val_images, val_masks, _ = load_split(ctx, project.id, (Split.val.value,))
+        # init "warm" / "shrink_perturb" start from the active version's weights when it has
+        # the same architecture; "cold", from_scratch or no usable parent start fresh.
         init = None
         if (
-            settings.model.warm_start
+            config.init != "cold"
             and not from_scratch
             and parent is not None
             and _same_architecture(parent.config, config.model_dump())
         ):
             init = [state_from_bytes(ctx.store.get(k)) for k in parent.member_keys]
+        elif config.init != "cold":
+            # from_scratch, no parent or another architecture: record the cold start it was.
+            config = config.model_copy(update={"init": "cold"})
 
         def report(p: TrainProgress) -> None:
             ctx.progress(
                 0.05 + 0.75 * p.fraction,
-                f"training member {p.member + 1}/{p.n_members}, epoch {p.epoch}, loss {p.loss:.4f}",
+                f"training member {p.member + 1}/{p.n_members}, step {p.step}, loss {p.loss:.4f}",
             )
 
         result = train(

@@ -9,7 +9,6 @@ fan out into child jobs of ``chunk_images`` images each, so several workers shar
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from typing import Any
@@ -17,31 +16,21 @@ from typing import Any
 import numpy as np
 from sqlalchemy import delete, insert, select
 
+from activeseg.core.heatmaps import decode_heatmaps, encode_heatmaps
 from activeseg.core.imaging import decode_image
 from activeseg.core.services.labels import current_mask
 from activeseg.core.services.models import load_predictor
 from activeseg.core.services.projects import project_settings
-from activeseg.core.services.regions import region_set
+from activeseg.core.services.regions import region_count_warning, region_set
 from activeseg.core.tables import Image, ImageScore, ModelVersion, Project, RegionScore, Split
 from activeseg.jobs.runner import JobContext, Waiting
 from activeseg.uncertainty.measures import ENSEMBLE_MEASURES, SOFTMAX_MEASURES, compute_measures
 from activeseg.uncertainty.pooling import class_weights_from_labels, pool
 
 log = logging.getLogger(__name__)
+__all__ = ["decode_heatmaps", "encode_heatmaps", "pool_image_ids", "score_pool"]
 CHUNK_IMAGES = 64
-
-
-def encode_heatmaps(maps: dict[str, np.ndarray], prediction: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    arrays: dict[str, np.ndarray] = {k: v.astype(np.float16) for k, v in maps.items()}
-    arrays["prediction"] = prediction.astype(np.uint8)
-    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
-    return buf.getvalue()
-
-
-def decode_heatmaps(data: bytes) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(data)) as npz:
-        return {k: npz[k] for k in npz.files}
+MAX_WARNINGS = 20  # region-count warnings kept in a job result (the total is kept too)
 
 
 def pool_image_ids(ctx: JobContext, project_id: int) -> list[int]:
@@ -109,11 +98,22 @@ def score_pool(
         for im in images:
             yield decode_image(ctx.store.get(im.blob_key))
 
+    warnings: list[str] = []
     for done, (image, stack) in enumerate(zip(images, predictor.predict(arrays()), strict=True)):
         maps = compute_measures(stack, names)
         prediction = stack.mean(axis=0).argmax(axis=0).astype(np.uint8)
         with ctx.db.session() as s:
-            _, regions = region_set(s, ctx.store, image, settings.region_kind, settings.region_size)
+            _, regions = region_set(
+                s,
+                ctx.store,
+                image,
+                settings.region_kind,
+                settings.region_size,
+                settings.slic_sigma,
+            )
+        warning = region_count_warning(image, regions, settings.region_kind, settings.region_size)
+        if warning is not None:
+            warnings.append(warning)
         n = regions.n_regions
         votes = np.bincount(
             regions.labels.ravel() * n_classes + prediction.ravel(), minlength=n * n_classes
@@ -173,15 +173,29 @@ def score_pool(
     result = {"model_version_id": mv.id, "images": len(images), "measures": names}
     if images:
         result.update(seconds=round(seconds, 6), images_per_s=len(images) / seconds)
+    if warnings:
+        result["region_warnings"] = warnings[:MAX_WARNINGS]
+        result["region_warnings_total"] = len(warnings)
     return result
 
 
+# Class-balanced pooling learns its weights from these splits only: val and test masks are
+# held out for evaluation, and letting them steer what is labelled next would leak them.
+SELECTION_SPLITS = (Split.pool.value, Split.train.value)
+
+
 def _labelled_class_counts(ctx: JobContext, project_id: int, n_classes: int) -> np.ndarray:
+    """int64 ``[C]`` labelled pixels per class over the pool and train images (never val or
+    test: see ``SELECTION_SPLITS``)."""
     counts = np.zeros(n_classes, np.int64)
     with ctx.db.session() as s:
         labelled = list(
             s.scalars(
-                select(Image).where(Image.project_id == project_id, Image.labelled_pixels > 0)
+                select(Image).where(
+                    Image.project_id == project_id,
+                    Image.labelled_pixels > 0,
+                    Image.split.in_(SELECTION_SPLITS),
+                )
             )
         )
         for im in labelled:

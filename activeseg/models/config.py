@@ -12,9 +12,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from activeseg.config_compat import DEFAULT_STEPS, upgrade_model_keys
+
 Method = Literal["ensemble", "mc_dropout", "single"]
 DeviceSetting = Literal["auto", "cpu", "cuda"]
 Norm = Literal["group", "batch"]
+Init = Literal["cold", "warm", "shrink_perturb"]
+ClassWeights = Literal["none", "val"]
 
 EXAMPLE_CONFIG: dict[str, Any] = {
     "in_channels": 1,
@@ -22,7 +26,7 @@ EXAMPLE_CONFIG: dict[str, Any] = {
     "method": "mc_dropout",
     "mc_samples": 10,
     "dropout": 0.1,
-    "epochs": 40,
+    "steps": DEFAULT_STEPS,
     "batch_size": 8,
 }
 """A valid configuration shown in every configuration error message."""
@@ -64,6 +68,14 @@ class ModelConfig(BaseModel):
     depth: int = Field(4, ge=1, le=6, description="number of 2x downsamplings")
     base_channels: int = Field(16, ge=2, le=256, description="channels at full resolution")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout2d probability")
+    dropout_blocks: int = Field(
+        1,
+        ge=0,
+        le=6,
+        description="Dropout2d at this many lowest-resolution positions: 1 = after the "
+        "bottleneck only, 2 = also after the lowest decoder block, ...; never after the "
+        "full-resolution block that feeds the classifier (at most depth)",
+    )
     norm: Norm = Field("batch", description="BatchNorm (trains faster here) or GroupNorm")
 
     # Uncertainty method.
@@ -71,19 +83,45 @@ class ModelConfig(BaseModel):
     ensemble_size: int = Field(5, ge=1, le=32, description="K members when method=ensemble")
     mc_samples: int = Field(10, ge=1, le=256, description="T dropout samples when mc_dropout")
 
-    # Training.
-    epochs: int = Field(40, ge=1, le=100_000, description="passes over the labelled images")
-    max_steps: int | None = Field(None, ge=1, description="cap on optimiser steps per member")
+    # Training: a fixed budget of optimiser steps, whatever the number of labelled images.
+    steps: int = Field(DEFAULT_STEPS, ge=1, le=10_000_000, description="optimiser steps per member")
+    warmup_fraction: float = Field(
+        0.05, ge=0.0, lt=1.0, description="linear warm-up over this part of the steps"
+    )
     batch_size: int = Field(8, ge=1, le=1024)
     patch_size: int = Field(128, ge=8, le=4096, description="side of the random training crops")
-    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    lr: float = Field(1e-3, gt=0.0, le=1.0, description="peak learning rate (AdamW)")
     weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
-    class_weighted: bool = Field(False, description="inverse-frequency class weights in the CE")
+    class_weights: ClassWeights = Field(
+        "none",
+        description="'val': inverse-frequency weights from the fully labelled val masks "
+        "(independent of which pixels the selection labelled); 'none': plain CE",
+    )
     class_weight_power: float = Field(
         0.5, ge=0.0, le=1.0, description="weight = (1 / class frequency) ** power"
     )
-    augment: bool = True
-    patience: int | None = Field(10, ge=1, description="epochs without val improvement")
+    augment_flip: bool = Field(True, description="random horizontal and vertical flips")
+    augment_rotate: bool = Field(True, description="random 90-degree rotations")
+    augment_shift: bool = Field(True, description="random shift (crop padded back)")
+    augment_intensity: bool = Field(True, description="random gain and offset of the image")
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="opt-in early stopping: validation checks (every eval_every steps) without "
+        "improvement; None trains all steps and keeps the final weights",
+    )
+    eval_every: int = Field(100, ge=1, description="steps between validation checks")
+    init: Init = Field(
+        "cold",
+        description="how a retrain starts when a previous version exists: 'cold' (fresh "
+        "weights), 'warm' (its weights), 'shrink_perturb' (Ash and Adams 2020)",
+    )
+    shrink: float = Field(
+        0.4, ge=0.0, le=1.0, description="shrink_perturb: lambda in lambda*theta + p*theta_init"
+    )
+    perturb: float = Field(
+        0.1, ge=0.0, le=1.0, description="shrink_perturb: p in lambda*theta + p*theta_init"
+    )
     seed: int = Field(0, ge=0, lt=2**31)
 
     # Runtime.
@@ -109,11 +147,23 @@ class ModelConfig(BaseModel):
             )
         return cls(**dict(data))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade_old_keys(cls, data: Any) -> Any:
+        # Stored versions and projects written before the step budget (issue 13).
+        return upgrade_model_keys(data)
+
     @model_validator(mode="after")
     def _check_method(self) -> ModelConfig:
-        if self.method == "mc_dropout" and self.dropout <= 0.0:
+        if self.dropout_blocks > self.depth:
             raise ValueError(
-                "method 'mc_dropout' needs dropout > 0 (e.g. 0.1); "
+                f"dropout_blocks={self.dropout_blocks} exceeds depth={self.depth}: there are "
+                "depth positions (the bottleneck and all decoder blocks but the one feeding the "
+                "classifier); use e.g. dropout_blocks=1"
+            )
+        if self.method == "mc_dropout" and (self.dropout <= 0.0 or self.dropout_blocks == 0):
+            raise ValueError(
+                "method 'mc_dropout' needs dropout > 0 and dropout_blocks >= 1 (e.g. 0.1 and 1); "
                 "use method 'single' for a network without dropout"
             )
         if self.method == "mc_dropout" and self.mc_samples < 2:

@@ -136,6 +136,13 @@ def evaluate(
     ``error_detection`` {measure: {auroc, aupr}} on a uniform sample of at most
     ``max_detection_pixels`` labelled pixels (an error = argmax differs from the label),
     ``skipped_measures``, ``n_images``, ``n_labelled_pixels``, ``n_samples``, ``temperature``.
+
+    Foreground figures (pixel-level ones are dominated by the easy background):
+    ``background_class`` is the majority class of all evaluated labelled pixels (from the
+    confusion matrix), the *foreground* every labelled pixel of another true class; on the
+    sampled foreground pixels: ``foreground_pixels`` (how many), ``foreground_ece``
+    (equal-width bins), ``foreground_accuracy`` and ``error_detection_foreground`` {measure:
+    {auroc, aupr}}.
     """
     names, skipped = available_measures(predictor.n_samples, measures)
     confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
@@ -162,26 +169,45 @@ def evaluate(
             truth * n_classes + predicted, minlength=n_classes * n_classes
         ).reshape(n_classes, n_classes)
         accumulator.update(mean, mask)
-        if names and truth.size:
-            maps = compute_measures(stack, names)
+        if truth.size:
+            maps = compute_measures(stack, names) if names else {}
             columns = {name: maps[name][labelled] for name in names}
             columns["_errors"] = predicted != truth
+            # kept for the foreground figures, whose class is known only at the end
+            columns["_truth"] = truth
+            columns["_confidence"] = mean.max(axis=0)[labelled]
             reservoir.add(columns)
 
     iou, miou, pixel_accuracy = iou_from_confusion(confusion)
     cal = accumulator.result()
     reliability = cal["reliability"]
     detection: dict[str, dict[str, float]] = {}
+    detection_fg: dict[str, dict[str, float]] = {}
     errors = reservoir.columns.get("_errors")
+    per_class = confusion.sum(axis=1)
+    majority = int(np.argmax(per_class)) if per_class.sum() else None
+    fg = reservoir.columns["_truth"] != majority if errors is not None else np.zeros(0, dtype=bool)
     for name in names:
         if errors is None:
             detection[name] = {"auroc": math.nan, "aupr": math.nan}
+            detection_fg[name] = {"auroc": math.nan, "aupr": math.nan}
             continue
         scores = reservoir.columns[name]
         detection[name] = {
             "auroc": calibration.error_detection_auroc(scores, errors),
             "aupr": calibration.error_detection_aupr(scores, errors),
         }
+        detection_fg[name] = {
+            "auroc": calibration.error_detection_auroc(scores[fg], errors[fg]),
+            "aupr": calibration.error_detection_aupr(scores[fg], errors[fg]),
+        }
+    fg_ece, fg_accuracy = math.nan, math.nan
+    if errors is not None and fg.any():
+        fg_correct = ~errors[fg]
+        fg_ece = calibration.reliability_from_confidence(
+            reservoir.columns["_confidence"][fg], fg_correct, n_bins
+        ).ece
+        fg_accuracy = float(fg_correct.mean())
     return jsonable(
         {
             "n_images": n_images,
@@ -205,6 +231,11 @@ def evaluate(
             },
             "error_detection": detection,
             "error_detection_pixels": int(reservoir.keys.size),
+            "background_class": majority,
+            "foreground_pixels": int(fg.sum()),
+            "foreground_ece": fg_ece,
+            "foreground_accuracy": fg_accuracy,
+            "error_detection_foreground": detection_fg,
             "skipped_measures": skipped,
         }
     )
@@ -221,23 +252,35 @@ def fit_temperature_on(
 ) -> float:
     """Fit this version's temperature (Guo et al. 2017) on labelled validation pixels.
 
-    Collects the unscaled logits ``[C, H, W]`` per image (the mean over samples for an
-    ensemble or MC dropout, an approximation of scaling every sample), keeps a seeded uniform
-    sample of at most ``max_pixels`` labelled pixels, and minimises their NLL over T.
+    Fits exactly what the predictor serves: with one sample, the NLL of ``softmax(z / T)``;
+    with S > 1 (ensemble members or MC-dropout masks, the same masks ``predict`` draws), the
+    NLL of ``mean_s softmax(z_s / T)`` (``calibration.fit_temperature_mixture``). Keeps a
+    seeded uniform sample of at most ``max_pixels`` labelled pixels: memory ``[P, S, C]``
+    float32 logits, e.g. 200,000 x 10 x 11 = 88 MB.
     """
+    n_samples = predictor.n_samples
     reservoir = PixelReservoir(max_pixels, seed)
     for logits, mask in zip(
-        predictor.predict_logits(images, batch_size, reduce="mean"), masks, strict=True
+        predictor.predict_logits(images, batch_size, reduce="none"), masks, strict=True
     ):
-        table, labels = calibration.flatten_pixels(logits, mask, IGNORE_INDEX)
+        # logits [S, C, H, W] -> per labelled pixel [P, S, C]
+        labelled = mask != IGNORE_INDEX
+        table = np.ascontiguousarray(logits[:, :, labelled].transpose(2, 0, 1))
+        labels = mask[labelled].astype(np.int64)
         reservoir.add({"logits": table, "labels": labels})
     if "labels" not in reservoir.columns or reservoir.keys.size == 0:
         raise ValueError("fit_temperature_on needs at least one labelled validation pixel")
-    temperature = calibration.fit_temperature(
-        reservoir.columns["logits"], reservoir.columns["labels"]
-    )
+    table, labels = reservoir.columns["logits"], reservoir.columns["labels"]
+    if n_samples == 1:
+        temperature = calibration.fit_temperature(table[:, 0, :], labels)
+    else:
+        temperature = calibration.fit_temperature_mixture(table, labels)
     logger.info(
         "fitted temperature",
-        extra={"temperature": temperature, "pixels": int(reservoir.keys.size)},
+        extra={
+            "temperature": temperature,
+            "pixels": int(reservoir.keys.size),
+            "samples": n_samples,
+        },
     )
     return temperature

@@ -158,8 +158,8 @@ class Predictor:
         """Yield float32 logits per image: ``[C, H, W]`` (mean over S) or ``[S, C, H, W]``.
 
         Unscaled by default, as temperature fitting needs; ``scaled=True`` divides by this
-        version's temperature. The mean logit of an ensemble is what ``fit_temperature_on``
-        calibrates, an approximation of scaling every member (documented in evaluation).
+        version's temperature. ``fit_temperature_on`` reads the per-sample logits
+        (``reduce="none"``) and fits the mixture ``predict`` serves.
         """
         batch_size = batch_size or self.config.batch_size
         for batch_index, batch in enumerate(consecutive_batches(images, batch_size)):

@@ -48,7 +48,8 @@ class TrainProgress:
 
 
 class HistoryEntry(TypedDict):
-    """One member's epoch: its mean training loss and, with validation data, the val loss."""
+    """One member's log point: mean training loss since the last one and, with val data, the
+    val loss."""
 
     member: int
     epoch: int
@@ -61,9 +62,11 @@ class HistoryEntry(TypedDict):
 class TrainResult:
     """Trained weights (one CPU state dict per member) and what happened on the way.
 
-    ``history`` has one entry per member and epoch: member, epoch, step, train_loss, val_loss.
-    ``best_val_loss`` is the mean over members of each member's best validation loss, or None
-    without a validation set.
+    ``history`` has one entry per member every ``config.eval_every`` steps and at its last
+    step: member, epoch (passes over the labelled images so far), step, train_loss (mean since
+    the previous entry), val_loss. ``best_val_loss`` is the mean over members of the validation
+    loss of the returned weights (the best one with early stopping, else the final one), or
+    None without a validation set.
     """
 
     states: list[StateDict]
@@ -121,6 +124,35 @@ def class_weights_from_masks(
     return weights.astype(np.float32)
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """Which random transforms training applies; each switch changes one aspect only.
+
+    ``flip``: horizontal and vertical flips; ``rotate``: 90-degree rotations (180 only for
+    non-square patches); ``shift``: a small crop padded back (the uncovered border is unlabelled);
+    ``intensity``: image gain and offset (the mask is untouched). Flips and rotations change a
+    digit's class (a mirrored 2, a turned 6 is a 9), so the digits dataset turns those two off.
+    """
+
+    flip: bool = True
+    rotate: bool = True
+    shift: bool = True
+    intensity: bool = True
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> Augmentation:
+        return cls(
+            flip=config.augment_flip,
+            rotate=config.augment_rotate,
+            shift=config.augment_shift,
+            intensity=config.augment_intensity,
+        )
+
+    @property
+    def any(self) -> bool:
+        return self.flip or self.rotate or self.shift or self.intensity
+
+
 class PatchSampler:
     """Draws training patches ``([C_in, h, w] float32, [h, w] int64)`` from uint8 images.
 
@@ -135,13 +167,13 @@ class PatchSampler:
         masks: Sequence[np.ndarray],
         patch: tuple[int, int],
         in_channels: int,
-        augment: bool,
+        augmentation: Augmentation,
     ) -> None:
         self.images = images
         self.masks = masks
         self.patch = patch
         self.in_channels = in_channels
-        self.augment = augment
+        self.augmentation = augmentation
 
     def sample(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         image = normalise_image(self.images[index], self.in_channels)
@@ -158,28 +190,35 @@ class PatchSampler:
         left = int(rng.integers(max(0, x - pw + 1), min(x, width - pw) + 1))
         image = image[:, top : top + ph, left : left + pw]
         mask = mask[top : top + ph, left : left + pw]
-        if self.augment:
-            image, mask = augment_pair(image, mask, rng)
+        if self.augmentation.any:
+            image, mask = augment_pair(image, mask, rng, self.augmentation)
         return np.ascontiguousarray(image), np.ascontiguousarray(mask).astype(np.int64)
 
 
 def augment_pair(
-    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+    image: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    augmentation: Augmentation | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Same random geometry on ``image`` ``[C, h, w]`` and ``mask`` ``[h, w]``.
+    """Random transforms on ``image`` ``[C, h, w]`` and ``mask`` ``[h, w]`` (default: all).
 
-    Flips, 90-degree rotations (180 only for non-square patches), a small crop padded back
-    (a shift; the uncovered border is unlabelled) and brightness/contrast jitter on the image.
+    Geometry (flips, rotations, shift) moves image and mask together; intensity (gain 0.9-1.1,
+    offset -0.1..0.1 on the normalised image) touches the image only. A switched-off transform
+    is skipped entirely, so each switch alone changes only its own aspect.
     """
-    if rng.random() < 0.5:
-        image, mask = image[:, :, ::-1], mask[:, ::-1]
-    if rng.random() < 0.5:
-        image, mask = image[:, ::-1, :], mask[::-1, :]
+    aug = augmentation or Augmentation()
+    if aug.flip:
+        if rng.random() < 0.5:
+            image, mask = image[:, :, ::-1], mask[:, ::-1]
+        if rng.random() < 0.5:
+            image, mask = image[:, ::-1, :], mask[::-1, :]
     height, width = mask.shape
-    quarter_turns = int(rng.integers(4)) if height == width else 2 * int(rng.integers(2))
-    image = np.rot90(image, quarter_turns, axes=(1, 2))
-    mask = np.rot90(mask, quarter_turns, axes=(0, 1))
-    if rng.random() < 0.5:
+    if aug.rotate:
+        quarter_turns = int(rng.integers(4)) if height == width else 2 * int(rng.integers(2))
+        image = np.rot90(image, quarter_turns, axes=(1, 2))
+        mask = np.rot90(mask, quarter_turns, axes=(0, 1))
+    if aug.shift and rng.random() < 0.5:
         max_dy, max_dx = height // SHIFT_FRACTION, width // SHIFT_FRACTION
         dy, dx = int(rng.integers(-max_dy, max_dy + 1)), int(rng.integers(-max_dx, max_dx + 1))
         shifted_image = np.zeros_like(image)
@@ -189,9 +228,11 @@ def augment_pair(
         shifted_image[:, dst_y, dst_x] = image[:, src_y, src_x]
         shifted_mask[dst_y, dst_x] = mask[src_y, src_x]
         image, mask = shifted_image, shifted_mask
-    gain = np.float32(rng.uniform(0.9, 1.1))
-    offset = np.float32(rng.uniform(-0.1, 0.1))
-    return image * gain + offset, mask
+    if aug.intensity:
+        gain = np.float32(rng.uniform(0.9, 1.1))
+        offset = np.float32(rng.uniform(-0.1, 0.1))
+        image = image * gain + offset
+    return image, mask
 
 
 def _shift_slices(delta: int, size: int) -> tuple[slice, slice]:
@@ -294,6 +335,98 @@ def _check_inputs(
         check_mask(mask, image, n_classes, index)
 
 
+def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Learning-rate multiplier before optimiser step ``step`` (0-based) of ``total_steps``.
+
+    Linear warm-up from ``1 / warmup_steps`` to 1 over the first ``warmup_steps`` steps (Adam's
+    early moment estimates are noisy; Goyal et al. 2017), then cosine decay to zero at the end
+    of the budget (Loshchilov and Hutter 2017).
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(step - warmup_steps, decay_steps) / decay_steps
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def shrink_perturb(
+    previous: Mapping[str, torch.Tensor],
+    fresh: Mapping[str, torch.Tensor],
+    parameter_names: set[str],
+    shrink: float,
+    perturb: float,
+) -> StateDict:
+    """Shrink and perturb (Ash and Adams 2020): ``theta <- shrink * theta + perturb * theta_0``.
+
+    ``previous``: the last version's state dict; ``fresh``: a freshly initialised state dict of
+    the same network (``theta_0``, the noise drawn from the initialisation distribution). Only
+    the learnable parameters named in ``parameter_names`` change; buffers (BatchNorm running
+    statistics, counters) are kept from ``previous`` and re-estimated by training. Warm starts
+    fit the new labels worse than cold ones; shrinking restores gradient balance between old
+    and new data and the perturbation restores the variety a fresh start has, at a fraction of
+    a cold start's cost.
+    """
+    out: StateDict = {}
+    for name, tensor in previous.items():
+        if name in parameter_names:
+            out[name] = shrink * tensor + perturb * fresh[name].to(tensor.device, tensor.dtype)
+        else:
+            out[name] = tensor.clone()
+    return out
+
+
+def loss_class_weights(
+    config: ModelConfig, val_masks: Sequence[np.ndarray] | None
+) -> np.ndarray | None:
+    """Class weights ``[C]`` for the loss, or None, as ``config.class_weights`` asks.
+
+    ``"val"`` takes inverse frequencies from the fully labelled validation masks: the labelled
+    training pixels are chosen by the acquisition strategy, so weights from them would give a
+    random and an active run different losses. Without a labelled validation pixel it falls
+    back to no weights and logs why.
+    """
+    if config.class_weights == "none":
+        return None
+    if not val_masks or not any(bool((mask != IGNORE_INDEX).any()) for mask in val_masks):
+        logger.warning(
+            "class_weights='val' but no labelled validation pixel: training without weights",
+            extra={"reason": "no labelled val masks"},
+        )
+        return None
+    return class_weights_from_masks(val_masks, config.n_classes, config.class_weight_power)
+
+
+def _batches(n_images: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Image indices per batch, endlessly: shuffled passes over the labelled images."""
+    while True:
+        order = rng.permutation(n_images)
+        for start in range(0, n_images, batch_size):
+            yield order[start : start + batch_size]
+
+
+def _initial_model(
+    config: ModelConfig,
+    bias: np.ndarray,
+    init_state: Mapping[str, torch.Tensor] | None,
+) -> UNet:
+    """The network member training starts from (seed the RNG first): see ``train``."""
+    # Always draw the fresh weights, so every init mode consumes the RNG alike.
+    fresh = UNet.from_config(config)
+    head_bias = fresh.head.bias
+    assert head_bias is not None
+    with torch.no_grad():
+        head_bias.copy_(torch.from_numpy(bias))
+    if init_state is None:
+        return fresh
+    if config.init == "warm":
+        return build_members(config, [init_state])[0]
+    parameter_names = {name for name, _ in fresh.named_parameters()}
+    state = shrink_perturb(
+        init_state, fresh.state_dict(), parameter_names, config.shrink, config.perturb
+    )
+    return build_members(config, [state])[0]
+
+
 def train(
     config: ModelConfig,
     images: Sequence[np.ndarray],
@@ -305,16 +438,20 @@ def train(
     *,
     progress_interval_s: float = 1.0,
 ) -> TrainResult:
-    """Train ``config.n_members`` UNets on partially labelled masks.
+    """Train ``config.n_members`` UNets on partially labelled masks for ``config.steps`` steps.
 
     ``images``: uint8 ``[H, W]`` or ``[H, W, 3]``; ``masks``: uint8 ``[H, W]``, 255 =
-    unlabelled. Images without any labelled pixel are skipped. Each epoch visits every labelled
-    image once in batches of ``config.batch_size`` random patches (side ``config.patch_size``,
-    or the largest image side if smaller). With validation data, training stops after
-    ``config.patience`` epochs without improvement and returns the best weights; without it,
-    it runs ``config.epochs`` (or ``config.max_steps``). ``init_states`` (one per member)
-    fine-tunes a previous version instead of starting from scratch (from scratch, the output
-    bias starts at the log label prior). ``progress`` is called after a step or an epoch when
+    unlabelled. Images without any labelled pixel are skipped. Each step takes a batch of
+    ``config.batch_size`` random patches (side ``config.patch_size``, or the largest image side
+    if smaller) from shuffled passes over the labelled images; the budget is fixed whatever the
+    number of labelled images, with linear warm-up and cosine decay (``lr_factor``). The final
+    weights are returned. Validation data (``val_images``/``val_masks``, fully labelled) give
+    the val losses in ``history`` every ``config.eval_every`` steps, the class weights when
+    ``config.class_weights == "val"``, and, only when ``config.patience`` is set, early stopping
+    with the best validation weights. ``init_states`` (one per member, the previous version)
+    are used as ``config.init`` says: ``warm`` starts from them, ``shrink_perturb`` from
+    ``shrink * theta + perturb * theta_fresh``; ``cold`` takes none. A fresh network's output
+    bias starts at the log label prior. ``progress`` is called after a step when
     ``progress_interval_s`` seconds have passed since the last call, and always when a member
     finishes (the last call has ``fraction == 1``).
     """
@@ -333,11 +470,17 @@ def train(
     if has_val:
         assert val_images is not None and val_masks is not None
         _check_inputs(val_images, val_masks, config.n_classes, "validation")
-    if init_states is not None and len(init_states) != config.n_members:
-        raise ValueError(
-            f"init_states has {len(init_states)} state(s) but method {config.method!r} trains "
-            f"{config.n_members} member(s)"
-        )
+    if init_states is not None:
+        if config.init == "cold":
+            raise ValueError(
+                "init 'cold' starts from fresh weights: pass no init_states, or set init to "
+                "'warm' or 'shrink_perturb'"
+            )
+        if len(init_states) != config.n_members:
+            raise ValueError(
+                f"init_states has {len(init_states)} state(s) but method {config.method!r} "
+                f"trains {config.n_members} member(s)"
+            )
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
@@ -346,24 +489,29 @@ def train(
         min(config.patch_size, max(mask.shape[0] for mask in train_masks)),
         min(config.patch_size, max(mask.shape[1] for mask in train_masks)),
     )
-    sampler = PatchSampler(train_images, train_masks, patch, config.in_channels, config.augment)
-    weights = (
-        torch.from_numpy(
-            class_weights_from_masks(train_masks, config.n_classes, config.class_weight_power)
-        ).to(device)
-        if config.class_weighted
-        else None
+    sampler = PatchSampler(
+        train_images, train_masks, patch, config.in_channels, Augmentation.from_config(config)
     )
+    class_weights = loss_class_weights(config, val_masks if has_val else None)
+    weights = None if class_weights is None else torch.from_numpy(class_weights).to(device)
     bias = prior_bias(labelled_class_counts(train_masks, config.n_classes))
-    steps_per_epoch = math.ceil(len(train_images) / config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
+    total_steps = config.steps
+    warmup_steps = int(config.warmup_fraction * total_steps)
+    steps_per_pass = math.ceil(len(train_images) / config.batch_size)
+    early_stopping = has_val and config.patience is not None
     reporter = _Reporter(progress, progress_interval_s)
     n_members = config.n_members
     history: list[HistoryEntry] = []
     states: list[StateDict] = []
-    best_losses: list[float] = []
+    val_losses: list[float] = []
+
+    def check_val(model: torch.nn.Module) -> float | None:
+        if not has_val:
+            return None
+        assert val_images is not None and val_masks is not None
+        loss = validation_loss(model, val_images, val_masks, config, device, weights)
+        model.train()
+        return loss
 
     cuda_devices = rng_devices(device)
     with deterministic_torch(device), torch.random.fork_rng(devices=cuda_devices):
@@ -371,66 +519,48 @@ def train(
             seed = config.seed + member
             torch.manual_seed(seed)
             rng = np.random.default_rng(seed)
-            if init_states is not None:
-                model = build_members(config, [init_states[member]])[0]
-            else:
-                model = UNet.from_config(config)
-                head_bias = model.head.bias
-                assert head_bias is not None
-                with torch.no_grad():
-                    head_bias.copy_(torch.from_numpy(bias))
-            model.to(device)
+            model = _initial_model(
+                config, bias, None if init_states is None else init_states[member]
+            ).to(device)
             optimiser = torch.optim.AdamW(
                 model.parameters(), lr=config.lr, weight_decay=config.weight_decay
             )
-            # Cosine decay to zero over the planned steps (Loshchilov and Hutter 2017).
             scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimiser,
-                lambda done: 0.5 * (1.0 + math.cos(math.pi * min(done, total_steps) / total_steps)),
+                optimiser, lambda done: lr_factor(done, total_steps, warmup_steps)
             )
-            step = 0
             best_val = math.inf
             best_state: StateDict | None = None
-            epochs_without_gain = 0
+            checks_without_gain = 0
             val_loss: float | None = None
-
-            def fraction(step: int, member: int = member) -> float:
-                return min(1.0, (member + step / total_steps) / n_members)
-
-            for epoch in range(config.epochs):
-                model.train()
-                order = rng.permutation(len(train_images))
-                epoch_loss, epoch_batches = 0.0, 0
-                for start in range(0, len(order), config.batch_size):
-                    patches = [
-                        sampler.sample(int(i), rng)
-                        for i in order[start : start + config.batch_size]
-                    ]
-                    x = torch.from_numpy(np.stack([p[0] for p in patches])).to(device)
-                    target = torch.from_numpy(np.stack([p[1] for p in patches])).to(device)
-                    if not bool((target != IGNORE_INDEX).any()):
-                        continue  # the shift augmentation can push every label out of a patch
-                    loss = segmentation_loss(model(x), target, weights)
-                    optimiser.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimiser.step()
-                    scheduler.step()
-                    step += 1
-                    epoch_loss += float(loss.detach())
-                    epoch_batches += 1
-                    reporter(
-                        TrainProgress(
-                            member, n_members, step, epoch, float(loss.detach()), fraction(step)
-                        )
-                    )
-                    if step >= total_steps:
-                        break
-                mean_loss = epoch_loss / epoch_batches if epoch_batches else math.nan
-                if has_val:
-                    assert val_images is not None and val_masks is not None
-                    val_loss = validation_loss(
-                        model, val_images, val_masks, config, device, weights
-                    )
+            window_loss, window_steps = 0.0, 0
+            mean_loss = math.nan
+            step = 0
+            model.train()
+            batches = _batches(len(train_images), config.batch_size, rng)
+            while step < total_steps:
+                patches = [sampler.sample(int(i), rng) for i in next(batches)]
+                x = torch.from_numpy(np.stack([p[0] for p in patches])).to(device)
+                target = torch.from_numpy(np.stack([p[1] for p in patches])).to(device)
+                if not bool((target != IGNORE_INDEX).any()):
+                    continue  # the shift augmentation can push every label out of a patch
+                loss = segmentation_loss(model(x), target, weights)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                scheduler.step()
+                step += 1
+                window_loss += float(loss.detach())
+                window_steps += 1
+                fraction = min(1.0, (member + step / total_steps) / n_members)
+                epoch = (step - 1) // steps_per_pass
+                reporter(
+                    TrainProgress(member, n_members, step, epoch, float(loss.detach()), fraction)
+                )
+                if step % config.eval_every and step < total_steps:
+                    continue
+                mean_loss = window_loss / window_steps
+                window_loss, window_steps = 0.0, 0
+                val_loss = check_val(model)
                 history.append(
                     {
                         "member": member,
@@ -441,34 +571,39 @@ def train(
                     }
                 )
                 reporter(
-                    TrainProgress(
-                        member, n_members, step, epoch, mean_loss, fraction(step), val_loss
-                    )
+                    TrainProgress(member, n_members, step, epoch, mean_loss, fraction, val_loss)
                 )
-                if val_loss is not None:
+                if early_stopping and val_loss is not None:
+                    assert config.patience is not None
                     if val_loss < best_val:
                         best_val = val_loss
                         best_state = copy.deepcopy(model.state_dict())
-                        epochs_without_gain = 0
+                        checks_without_gain = 0
                     else:
-                        epochs_without_gain += 1
-                    if config.patience is not None and epochs_without_gain >= config.patience:
+                        checks_without_gain += 1
+                    if checks_without_gain >= config.patience:
                         logger.info(
                             "early stop",
-                            extra={"member": member, "epoch": epoch, "best_val_loss": best_val},
+                            extra={"member": member, "step": step, "best_val_loss": best_val},
                         )
                         break
-                if step >= total_steps:
-                    break
             if best_state is not None:
                 model.load_state_dict(best_state)
-                best_losses.append(best_val)
+                val_losses.append(best_val)
+            elif val_loss is not None:
+                val_losses.append(val_loss)
             states.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
             reporter(
                 TrainProgress(
-                    member, n_members, step, epoch, mean_loss, (member + 1) / n_members, val_loss
+                    member,
+                    n_members,
+                    step,
+                    (step - 1) // steps_per_pass if step else 0,
+                    mean_loss,
+                    (member + 1) / n_members,
+                    val_loss,
                 ),
                 force=True,
             )
-    best_val_loss = float(np.mean(best_losses)) if best_losses else None
+    best_val_loss = float(np.mean(val_losses)) if val_losses else None
     return TrainResult(states=states, history=history, best_val_loss=best_val_loss)

@@ -55,6 +55,8 @@ def model_sections(
     temperature: float | None,
     options: ReportOptions | None = None,
     progress: Progress | None = None,
+    region_maps: Sequence[np.ndarray] | None = None,
+    region_kind: str | None = None,
 ) -> dict[str, Any]:
     """``{"calibration", "error_detection", "shift"}`` sections for held-out ``images``.
 
@@ -66,6 +68,9 @@ def model_sections(
         temperature: the version's fitted temperature, or None.
         options: :class:`ReportOptions`.
         progress: called with (fraction 0-1 of this step, message).
+        region_maps: int ``[H, W]`` region ids ``0..R-1`` per image (the project's superpixels
+            or grid tiles, made as the service makes them), for the per-region figures; None
+            leaves them out. region_kind: how they were made (e.g. ``"superpixel 16"``).
     """
     opts = options or ReportOptions()
     report_progress = progress or _noop
@@ -79,6 +84,8 @@ def model_sections(
         max_pixels=opts.max_pixels,
         seed=opts.seed,
         single_pass=single,
+        region_maps=region_maps,
+        region_kind=region_kind,
     )
     report_progress(0.4, "calibration and error detection")
     sections: dict[str, Any] = {

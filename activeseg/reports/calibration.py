@@ -5,6 +5,11 @@ Every number comes from :mod:`activeseg.uncertainty.calibration` on the same sam
 ECE with equal-width bins (Naeini et al. 2015) and with adaptive, equal-mass bins (Nixon et al.
 2019), MCE, multi-class Brier score, NLL, accuracy, and the reliability diagram (per bin: mean
 confidence, accuracy, pixel count).
+
+The same figures on the *foreground* pixels (true class other than the majority class of all
+evaluated labelled pixels), where the easy, confident background does not hide a miscalibration,
+and per *region* (each region counts once with its mean confidence and fraction of right pixels
+over its labelled pixels: :func:`activeseg.uncertainty.calibration.reliability_from_confidence`).
 """
 
 from __future__ import annotations
@@ -15,15 +20,22 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from activeseg.reports.collect import PixelSample
+from activeseg.reports.collect import PixelSample, RegionSample
 from activeseg.uncertainty import (
     ReliabilityDiagram,
     brier_score,
     negative_log_likelihood,
     reliability_bins,
 )
+from activeseg.uncertainty.calibration import majority_class, reliability_from_confidence
 
-__all__ = ["DEFAULT_BINS", "calibration_metrics", "calibration_section", "diagram_dict"]
+__all__ = [
+    "DEFAULT_BINS",
+    "calibration_metrics",
+    "calibration_section",
+    "diagram_dict",
+    "region_calibration_metrics",
+]
 
 DEFAULT_BINS = 15
 
@@ -69,6 +81,50 @@ def calibration_metrics(
     }
 
 
+def region_calibration_metrics(
+    confidence: npt.NDArray[np.float64],
+    accuracy: npt.NDArray[np.float64],
+    n_bins: int = DEFAULT_BINS,
+) -> dict[str, Any]:
+    """ECE (equal-width and adaptive), MCE, mean accuracy and mean confidence of regions: each
+    region's mean confidence ``[R]`` against its fraction of right pixels ``[R]``, one region one
+    unit. (Brier and NLL are per-pixel quantities and have no region version here.)"""
+    if confidence.size == 0:
+        return {
+            "ece": math.nan,
+            "ece_adaptive": math.nan,
+            "mce": math.nan,
+            "accuracy": math.nan,
+            "mean_confidence": math.nan,
+        }
+    equal = reliability_from_confidence(confidence, accuracy, n_bins)
+    return {
+        "ece": equal.ece,
+        "ece_adaptive": reliability_from_confidence(confidence, accuracy, n_bins, True).ece,
+        "mce": equal.mce,
+        "accuracy": float(accuracy.mean()),
+        "mean_confidence": float(confidence.mean()),
+    }
+
+
+def _regions(regions: RegionSample | None, n_bins: int) -> dict[str, Any] | None:
+    if regions is None:
+        return None
+    after = None
+    if regions.confidence_t is not None and regions.accuracy_t is not None:
+        after = region_calibration_metrics(regions.confidence_t, regions.accuracy_t, n_bins)
+    return {
+        "kind": regions.kind,
+        "n_regions": regions.n_regions,
+        "before": region_calibration_metrics(regions.confidence, regions.accuracy, n_bins),
+        "after": after,
+    }
+
+
+def _without_diagram(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k != "reliability"}
+
+
 def calibration_section(
     sample: PixelSample, split: str, n_bins: int = DEFAULT_BINS
 ) -> dict[str, Any]:
@@ -76,7 +132,10 @@ def calibration_section(
 
     Keys: ``split``, ``n_images``, ``n_pixels`` (sampled) and ``n_pixels_total``, ``n_bins``,
     ``temperature``, ``before`` (``T = 1``) and ``after`` (fitted T; None without one), each
-    from :func:`calibration_metrics`, and ``note``.
+    from :func:`calibration_metrics`, ``foreground`` {majority_class, n_pixels, before, after}
+    (the same metrics, without the diagram, on the sampled foreground pixels), ``regions``
+    {kind, n_regions, before, after} (:func:`region_calibration_metrics`; None without region
+    maps) and ``note``.
     """
     before = calibration_metrics(sample.probs, sample.labels, n_bins)
     after = (
@@ -84,6 +143,25 @@ def calibration_section(
         if sample.probs_t is not None
         else None
     )
+    counts = sample.class_counts
+    majority = (
+        int(np.argmax(counts))
+        if counts is not None and counts.sum() > 0
+        else majority_class(sample.labels[sample.labels >= 0])
+    )
+    fg = sample.labels != majority
+    foreground = {
+        "majority_class": majority,
+        "n_pixels": int(fg.sum()),
+        "before": _without_diagram(
+            calibration_metrics(sample.probs[fg], sample.labels[fg], n_bins)
+        ),
+        "after": _without_diagram(
+            calibration_metrics(sample.probs_t[fg], sample.labels[fg], n_bins)
+        )
+        if sample.probs_t is not None
+        else None,
+    }
     if sample.temperature is None:
         note = "this version has no fitted temperature (no labelled val images at training)"
     elif split == "val":
@@ -102,5 +180,7 @@ def calibration_section(
         "temperature": sample.temperature,
         "before": before,
         "after": after,
+        "foreground": foreground,
+        "regions": _regions(sample.regions, n_bins),
         "note": note,
     }

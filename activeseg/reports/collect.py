@@ -17,6 +17,12 @@ MC-dropout samples, 1 for a single network). From them, exactly as the service c
 Only a uniform random sample of labelled pixels is kept, at most ``max_pixels`` in all and
 ``max_pixels // n_images`` per image, so memory stays bounded; when every labelled pixel fits, all
 of them are kept in image order and the figures are exact.
+
+Two things are counted over *every* labelled pixel, not the sample: the pixels per true class
+(``class_counts``; its majority class is the report's background, see
+:func:`activeseg.uncertainty.calibration.majority_class`), and, when the images come with region
+maps (the project's superpixels or grid tiles, as the service computes them), one row per region
+(:class:`RegionSample`): its pooled scores, labelled and wrong pixels and mean confidence.
 """
 
 from __future__ import annotations
@@ -31,14 +37,17 @@ import numpy.typing as npt
 
 from activeseg.models.inference import Predictor
 from activeseg.models.preprocess import IGNORE_INDEX
-from activeseg.uncertainty import compute_measures
+from activeseg.uncertainty import compute_measures, pool_mean
+from activeseg.uncertainty.calibration import region_error_counts
 
 __all__ = [
     "ENSEMBLE_ROWS",
+    "MIN_LABELLED_SHARE",
     "SINGLE_PASS_ROW",
     "SOFTMAX_ROWS",
     "TEMPERATURE_ROW",
     "PixelSample",
+    "RegionSample",
     "collect_pixels",
     "measure_names",
     "single_pass_predictor",
@@ -59,10 +68,60 @@ SINGLE_PASS_ROW = "entropy_one_pass"
 
 DEFAULT_MAX_PIXELS = 200_000
 
+MIN_LABELLED_SHARE = 0.5
+"""A region enters the per-region figures when at least this share of its pixels is labelled:
+its error fraction is then measured on most of it, while its score (like the service's) is
+pooled over all of it."""
+
 
 def measure_names(n_samples: int) -> tuple[str, ...]:
     """The core measures computed for a stack of ``n_samples`` maps (ensemble ones if > 1)."""
     return SOFTMAX_ROWS + (ENSEMBLE_ROWS if n_samples > 1 else ())
+
+
+@dataclass
+class RegionSample:
+    """One row per region (R regions over all images) with enough labelled pixels.
+
+    Attributes:
+        image_index: int32 ``[R]``: the image (0-based, input order); region_id: int32 ``[R]``.
+        n_pixels: int64 ``[R]``: pixels in the region; n_labelled: int64 ``[R]`` of them
+            labelled (>= :data:`MIN_LABELLED_SHARE` of ``n_pixels``).
+        n_errors: int64 ``[R]``: labelled pixels where the served prediction is wrong.
+        confidence, accuracy: float64 ``[R]``: mean max probability and fraction of right argmax
+            over the labelled pixels at ``T = 1``; confidence_t, accuracy_t: the same at the
+            version's temperature (None without one).
+        scores: ``{measure: float64 [R]}``: the mean of the measure's pixel map over the whole
+            region (:func:`activeseg.uncertainty.pool_mean`, the service's default pooling).
+        kind: how the region maps were made (e.g. ``"superpixel 16"``), for the record.
+    """
+
+    image_index: npt.NDArray[np.int32]
+    region_id: npt.NDArray[np.int32]
+    n_pixels: npt.NDArray[np.int64]
+    n_labelled: npt.NDArray[np.int64]
+    n_errors: npt.NDArray[np.int64]
+    confidence: npt.NDArray[np.float64]
+    accuracy: npt.NDArray[np.float64]
+    confidence_t: npt.NDArray[np.float64] | None
+    accuracy_t: npt.NDArray[np.float64] | None
+    scores: dict[str, npt.NDArray[np.float64]]
+    kind: str | None = None
+
+    @property
+    def n_regions(self) -> int:
+        """R: regions kept."""
+        return int(self.n_labelled.size)
+
+    @property
+    def error_fraction(self) -> npt.NDArray[np.float64]:
+        """float64 ``[R]``: wrong / labelled pixels of each region."""
+        return self.n_errors / np.maximum(self.n_labelled, 1)
+
+    @property
+    def has_error(self) -> npt.NDArray[np.bool_]:
+        """bool ``[R]``: the region holds at least one wrong labelled pixel."""
+        return self.n_errors > 0
 
 
 @dataclass
@@ -80,6 +139,9 @@ class PixelSample:
         single_entropy: float32 ``[P]``: entropy of one deterministic pass (S > 1), else None.
         single_errors: bool ``[P]``: that pass's own errors, else None.
         n_images: images seen; n_pixels_total: labelled (or all) pixels before sampling.
+        class_counts: int64 ``[C]``: labelled pixels per true class over *all* labelled pixels
+            (before sampling); zeros without labels.
+        regions: per-region rows (:class:`RegionSample`) when region maps were given, else None.
     """
 
     image_index: npt.NDArray[np.int32]
@@ -95,6 +157,8 @@ class PixelSample:
     n_samples: int = 1
     labelled: bool = True
     temperature: float | None = None
+    class_counts: npt.NDArray[np.int64] | None = None
+    regions: RegionSample | None = None
 
     @property
     def n_pixels(self) -> int:
@@ -149,16 +213,25 @@ def collect_pixels(
     seed: int = 0,
     single_pass: Predictor | None = None,
     batch_size: int | None = None,
+    region_maps: Sequence[npt.NDArray[np.integer]] | None = None,
+    region_kind: str | None = None,
 ) -> PixelSample:
     """Predict ``images`` (uint8 ``[H, W]`` or ``[H, W, 3]``) and sample their labelled pixels.
 
     ``masks``: uint8 ``[H, W]`` per image (255 = unlabelled), or None for unlabelled inputs
     (every pixel is a candidate; labels are -1 and no pixel counts as an error). ``temperature``:
     the version's fitted temperature or None. ``single_pass``: see
-    :func:`single_pass_predictor`. Returns a :class:`PixelSample`.
+    :func:`single_pass_predictor`. ``region_maps``: int ``[H, W]`` region ids ``0..R-1`` per
+    image (with ``masks`` only), for the per-region rows; ``region_kind`` names them. Returns a
+    :class:`PixelSample`.
     """
     if masks is not None and len(masks) != len(images):
         raise ValueError(f"{len(images)} images but {len(masks)} masks")
+    if region_maps is not None and (masks is None or len(region_maps) != len(images)):
+        raise ValueError(
+            f"region maps need masks and one map per image: {len(images)} images, "
+            f"{len(region_maps)} region maps"
+        )
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
     if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
@@ -174,6 +247,12 @@ def collect_pixels(
     if temperature is not None:
         measure_cols["entropy_t"] = []
     total = 0
+    class_counts = np.zeros(predictor.config.n_classes, np.int64)
+    region_parts: dict[str, list[np.ndarray]] = {
+        k: []
+        for k in ("index", "id", "pixels", "labelled", "errors", "conf", "acc", "conf_t", "acc_t")
+    }
+    region_scores: dict[str, list[np.ndarray]] = {n: [] for n in measure_cols}
     singles: Iterator[np.ndarray] | None = (
         single_pass.predict_logits(images, batch_size, reduce="none")
         if single_pass is not None
@@ -195,6 +274,10 @@ def collect_pixels(
             candidates = np.arange(height * width)
         single_logits = next(singles) if singles is not None else None
         total += int(candidates.size)
+        if flat_mask is not None:
+            class_counts += np.bincount(flat_mask[candidates], minlength=class_counts.size)[
+                : class_counts.size
+            ]
         chosen = _pick(candidates, per_image, rng)
         if chosen.size == 0:
             continue
@@ -210,12 +293,24 @@ def collect_pixels(
         for name in names:
             measure_cols[name].append(maps[name].reshape(-1)[chosen])
         served = mean
+        stack_t = None
         if temperature is not None:
             stack_t = softmax_stack(logits, temperature)
             served = stack_t.mean(axis=0).reshape(n_classes, -1)[:, chosen].T
             cols["probs_t"].append(served)
-            entropy_t = compute_measures(stack_t, ("entropy",))["entropy"]
-            measure_cols["entropy_t"].append(entropy_t.reshape(-1)[chosen])
+            maps["entropy_t"] = compute_measures(stack_t, ("entropy",))["entropy"]
+            measure_cols["entropy_t"].append(maps["entropy_t"].reshape(-1)[chosen])
+        if region_maps is not None and flat_mask is not None:
+            _add_regions(
+                region_parts,
+                region_scores,
+                index,
+                np.asarray(region_maps[index]),
+                flat_mask.reshape(height, width),
+                stack,
+                stack_t,
+                maps,
+            )
         cols["index"].append(np.full(chosen.size, index, np.int32))
         cols["labels"].append(labels)
         cols["probs"].append(mean)
@@ -233,6 +328,22 @@ def collect_pixels(
         return np.zeros((0, width) if width else 0, dtype)
 
     n_classes_out = predictor.config.n_classes
+    regions = None
+    if region_maps is not None:
+        has_t = temperature is not None
+        regions = RegionSample(
+            image_index=cat(region_parts["index"], np.int32),
+            region_id=cat(region_parts["id"], np.int32),
+            n_pixels=cat(region_parts["pixels"], np.int64),
+            n_labelled=cat(region_parts["labelled"], np.int64),
+            n_errors=cat(region_parts["errors"], np.int64),
+            confidence=cat(region_parts["conf"], np.float64),
+            accuracy=cat(region_parts["acc"], np.float64),
+            confidence_t=cat(region_parts["conf_t"], np.float64) if has_t else None,
+            accuracy_t=cat(region_parts["acc_t"], np.float64) if has_t else None,
+            scores={name: cat(parts, np.float64) for name, parts in region_scores.items()},
+            kind=region_kind,
+        )
     return PixelSample(
         image_index=cat(cols["index"], np.int32),
         labels=cat(cols["labels"], np.int64),
@@ -247,4 +358,57 @@ def collect_pixels(
         n_samples=predictor.n_samples,
         labelled=masks is not None,
         temperature=temperature,
+        class_counts=class_counts,
+        regions=regions,
     )
+
+
+def _add_regions(
+    parts: dict[str, list[np.ndarray]],
+    scores: dict[str, list[np.ndarray]],
+    index: int,
+    region_labels: np.ndarray,
+    mask: np.ndarray,
+    stack: np.ndarray,
+    stack_t: np.ndarray | None,
+    maps: dict[str, np.ndarray],
+) -> None:
+    """Append the rows of one image's regions to ``parts`` / ``scores`` (see
+    :class:`RegionSample`). ``region_labels`` int ``[H, W]``, ``mask`` uint8 ``[H, W]``,
+    ``stack`` / ``stack_t`` ``[S, C, H, W]`` probabilities at ``T = 1`` / at T, ``maps``
+    ``{measure: [H, W]}``."""
+    if region_labels.shape != mask.shape:
+        raise ValueError(
+            f"region map {index} has shape {region_labels.shape}, its image {mask.shape}"
+        )
+    n_regions = int(region_labels.max()) + 1 if region_labels.size else 0
+    labelled = mask != IGNORE_INDEX
+    truth = mask.astype(np.int64)
+    mean = stack.mean(axis=0)  # [C, H, W]
+    n_labelled, wrong, conf_sum = region_error_counts(
+        region_labels, n_regions, labelled, mean.argmax(axis=0) != truth, mean.max(axis=0)
+    )
+    errors, acc_t, conf_t = wrong, None, None
+    if stack_t is not None:
+        mean_t = stack_t.mean(axis=0)
+        _, errors, conf_sum_t = region_error_counts(
+            region_labels, n_regions, labelled, mean_t.argmax(axis=0) != truth, mean_t.max(axis=0)
+        )
+    n_pixels = np.bincount(region_labels.ravel(), minlength=n_regions)
+    keep = (n_labelled > 0) & (n_labelled >= MIN_LABELLED_SHARE * n_pixels)
+    denominator = np.maximum(n_labelled[keep], 1)
+    if stack_t is not None:
+        acc_t = 1.0 - errors[keep] / denominator
+        conf_t = conf_sum_t[keep] / denominator
+    parts["index"].append(np.full(int(keep.sum()), index, np.int32))
+    parts["id"].append(np.flatnonzero(keep).astype(np.int32))
+    parts["pixels"].append(n_pixels[keep])
+    parts["labelled"].append(n_labelled[keep])
+    parts["errors"].append(errors[keep])
+    parts["conf"].append(conf_sum[keep] / denominator)
+    parts["acc"].append(1.0 - wrong[keep] / denominator)
+    if acc_t is not None and conf_t is not None:
+        parts["acc_t"].append(acc_t)
+        parts["conf_t"].append(conf_t)
+    for name, values in scores.items():
+        values.append(pool_mean(maps[name], region_labels, n_regions)[keep])

@@ -67,9 +67,17 @@ def _table(header: list[str], rows: list[list[str]], classes: list[str] | None =
 def _calibration(cal: dict[str, Any] | None, plots: dict[str, bytes]) -> str:
     if not cal:
         return '<p class="note">No held-out labelled images: nothing to calibrate against.</p>'
-    before, after = cal["before"], cal.get("after") or {}
+    fg = cal.get("foreground") or {}
+    regions = cal.get("regions") or {}
+    # Side by side: all pixels, foreground pixels, regions; each at T = 1 and at the fitted T.
+    scopes = [cal, fg, regions]
     rows = [
-        [label, _num(before.get(key)), _num(after.get(key)) if after else "–"]
+        [label]
+        + [
+            _num((scope.get(when) or {}).get(key)) if scope.get(when) else "–"
+            for scope in scopes
+            for when in ("before", "after")
+        ]
         for key, label in (
             ("ece", f"ECE ({cal['n_bins']} equal-width bins)"),
             ("ece_adaptive", f"ECE ({cal['n_bins']} adaptive bins)"),
@@ -80,11 +88,34 @@ def _calibration(cal: dict[str, Any] | None, plots: dict[str, bytes]) -> str:
             ("mean_confidence", "mean confidence"),
         )
     ]
-    t = cal.get("temperature")
+    t = f"T = {_num(cal.get('temperature'))}"
+    header = [
+        "metric",
+        "pixels, T = 1",
+        f"pixels, {t}",
+        "foreground px, T = 1",
+        f"foreground px, {t}",
+        "regions, T = 1",
+        f"regions, {t}",
+    ]
+    scope_note = (
+        f"Foreground: the {_num(fg.get('n_pixels'))} sampled pixels whose true class is not "
+        f"the majority class ({_e(fg.get('majority_class'))}). "
+        if fg
+        else ""
+    )
+    scope_note += (
+        f"Regions: {_num(regions.get('n_regions'))} {_e(regions.get('kind'))} regions, each "
+        "counted once with its mean confidence against its share of right pixels (no Brier or "
+        "NLL per region)."
+        if regions
+        else "No per-region figures (no region maps were given to this report)."
+    )
     return (
         f"<p>{_num(cal['n_pixels'])} sampled of {_num(cal['n_pixels_total'])} labelled pixels "
         f"in {_num(cal['n_images'])} <b>{_e(cal['split'])}</b> images.</p>"
-        + _table(["metric", "T = 1 (softmax)", f"T = {_num(t)} (fitted)"], rows)
+        + _table(header, rows)
+        + f'<p class="note">{scope_note}</p>'
         + f'<p class="note">{_e(cal.get("note"))}</p>'
         + _img(plots, "reliability", "reliability diagram")
     )
@@ -95,16 +126,72 @@ def _detection(det: dict[str, Any] | None, plots: dict[str, bytes]) -> str:
         return '<p class="note">No held-out labelled images: no errors to detect.</p>'
     finite = [r for r in det["rows"] if r["auroc"] is not None and r["family"] != "single pass"]
     best = max(finite, key=lambda r: r["auroc"])["measure"] if finite else None
-    rows = [
-        [_e(r["measure"]), _e(r["family"]), _num(r["auroc"]), _num(r["aupr"]), _e(r["description"])]
-        for r in det["rows"]
-    ]
+    rows = []
+    for r in det["rows"]:
+        fg, region = r.get("foreground") or {}, r.get("region") or {}
+        rows.append(
+            [
+                _e(r["measure"]),
+                _e(r["family"]),
+                _num(r["auroc"]),
+                _num(fg.get("auroc")),
+                _num(region.get("auroc")),
+                _num(r["aupr"]),
+                _num(fg.get("aupr")),
+                _num(region.get("aupr")),
+                _num(region.get("spearman")),
+                _e(r["description"]),
+            ]
+        )
     classes = ["best" if r["measure"] == best else "" for r in det["rows"]]
-    out = (
+    header = [
+        "measure",
+        "family",
+        "AUROC pixels",
+        "AUROC foreground",
+        "AUROC regions",
+        "AUPR pixels",
+        "AUPR foreground",
+        "AUPR regions",
+        "Spearman regions",
+        "what",
+    ]
+    fg = det.get("foreground") or {}
+    regions = det.get("regions") or {}
+    base = (
         f"<p>{_num(det['n_errors'])} wrong pixels among {_num(det['n_pixels'])} sampled "
-        f"(error rate {_num(det['error_rate'])} = the AUPR of a measure that knows nothing).</p>"
-        + _table(["measure", "family", "AUROC", "AUPR", "what"], rows, classes)
+        f"(error rate {_num(det['error_rate'])} = the AUPR of a measure that knows nothing)"
     )
+    if fg:
+        base += (
+            f"; foreground: {_num(fg.get('n_errors'))} wrong among {_num(fg.get('n_pixels'))} "
+            f"(error rate {_num(fg.get('error_rate'))})"
+        )
+    if regions:
+        base += (
+            f"; regions: {_num(regions.get('n_with_error'))} of "
+            f"{_num(regions.get('n_regions'))} {_e(regions.get('kind'))} regions hold an error "
+            f"(share {_num(regions.get('share_with_error'))}, mean error fraction "
+            f"{_num(regions.get('mean_error_fraction'))})"
+        )
+    out = base + ".</p>" + _table(header, rows, classes)
+    notes = []
+    if fg:
+        notes.append(f"Foreground: {_e(fg.get('definition'))}.")
+    notes.append(
+        f"Regions: {_e(regions.get('definition'))}."
+        if regions
+        else "No per-region figures (no region maps were given to this report)."
+    )
+    best_ci = det.get("best") or {}
+    if best_ci.get("ci_low") is not None:
+        notes.append(
+            f"Best measure {_e(best_ci.get('measure'))}: AUROC {_num(best_ci.get('auroc'))}, 95% "
+            f"bootstrap CI over {_num(best_ci.get('n_images'))} images "
+            f"[{_num(best_ci.get('ci_low'))}, {_num(best_ci.get('ci_high'))}]."
+        )
+    out += f'<p class="note">{" ".join(notes)}</p>'
+
     comp = det.get("comparison")
     if comp:
         out += (
@@ -196,6 +283,55 @@ def _curve(curve: dict[str, Any] | None, plots: dict[str, bytes]) -> str:
     )
 
 
+def _rate_row(label: str, r: dict[str, Any]) -> list[str]:
+    tasks, answered = r.get("tasks") or {}, r.get("answered") or {}
+    lo, hi = r.get("ratio_ci") or [None, None]
+    return [
+        label,
+        f"{_num(tasks.get('selected'))} / {_num(tasks.get('control'))}",
+        f"{_num(answered.get('selected'))} / {_num(answered.get('control'))}",
+        _num(r.get("labelled_pixels")),
+        _num(r.get("clicks")),
+        _num(r.get("selected_error_rate")),
+        _num(r.get("control_error_rate")),
+        _num(r.get("ratio"), 2),
+        f"[{_num(lo, 2)}, {_num(hi, 2)}]",
+        _e(r.get("sentence")),
+    ]
+
+
+def _rounds(section: dict[str, Any]) -> str:
+    rows = [
+        _rate_row(f"{_num(r.get('number'))} ({_e(r.get('strategy'))}, {_e(r.get('measure'))})", r)
+        for r in section.get("rounds") or []
+    ]
+    classes = [""] * len(rows)
+    if section.get("cumulative"):
+        rows.append(_rate_row("all rounds", section["cumulative"]))
+        classes.append("best")
+    header = [
+        "round",
+        "tasks selected / control",
+        "answered selected / control",
+        "labelled px",
+        "clicks",
+        "error rate selected",
+        "error rate control",
+        "ratio",
+        "95% CI",
+        "reading",
+    ]
+    return (
+        f"<p>{_e(section.get('summary'))}</p>"
+        + (_table(header, rows, classes) if rows else "")
+        + '<p class="note">Controls are tasks drawn at random from the regions a round did not '
+        "select, hidden among the selected ones; the error rate is the model's share of wrong "
+        "pixels among the answered pixels; ratio = selected / control (above 1: the queue finds "
+        "errors better than random), with a 95% bootstrap interval over tasks. Read live when "
+        "the report is served, not when it was computed.</p>"
+    )
+
+
 def render_html(report: dict[str, Any], plots: dict[str, bytes]) -> str:
     """The report page. ``report``: a stored report (JSON-ready dict; see
     :mod:`activeseg.jobs.evaluate`); ``plots``: ``{name: PNG bytes}``."""
@@ -206,6 +342,7 @@ def render_html(report: dict[str, Any], plots: dict[str, bytes]) -> str:
     det = report.get("error_detection") or {}
     verdicts = [det.get("verdict"), (report.get("shift") or {}).get("summary")]
     verdicts.append((report.get("learning_curve") or {}).get("summary"))
+    verdicts.append((report.get("rounds") or {}).get("summary"))
     verdict = "".join(f"<p>{_e(v)}</p>" for v in verdicts if v)
     meta = (
         f"model version id {_e(model.get('id'))} · method {_e(model.get('method'))} · "
@@ -226,6 +363,11 @@ def render_html(report: dict[str, Any], plots: dict[str, bytes]) -> str:
         + _shift(report.get("shift"), plots)
         + "<h2>Learning curve</h2>"
         + _curve(report.get("learning_curve"), plots)
+        + (
+            "<h2>Selected vs random (control share)</h2>" + _rounds(report["rounds"])
+            if report.get("rounds")
+            else ""
+        )
         + f'<p class="note">{_e(report.get("held_out_note"))}</p>'
         + "</body></html>\n"
     )

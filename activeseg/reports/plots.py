@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -14,16 +15,57 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 __all__ = [
+    "MIN_MIOU_SPAN",
     "PLOT_NAMES",
+    "learning_curve_figure",
     "learning_curve_png",
+    "miou_axis_limits",
     "reliability_png",
     "report_plots",
     "roc_png",
+    "set_miou_axis",
     "shift_png",
 ]
 
 PLOT_NAMES = ("reliability", "error_detection_roc", "shift", "learning_curve")
 DPI = 100
+
+MIN_MIOU_SPAN = 0.2
+"""Smallest mIoU range a learning-curve axis shows. Matplotlib's automatic limits hug the data,
+so a curve that moves 0.004 (0.0815 to 0.0855) fills the plot and looks steep; with at least
+this span such a curve looks as flat as it is, while real progress still fills the axis."""
+
+
+def miou_axis_limits(
+    values: Iterable[float | None], min_span: float = MIN_MIOU_SPAN
+) -> tuple[float, float]:
+    """``(low, high)`` for an mIoU axis showing ``values`` (None and NaN skipped).
+
+    The data range plus 5% on each side, widened to at least ``min_span`` around its middle,
+    then moved (not shrunk) to lie inside ``[0, 1]``; ``(0, 1)`` without data.
+    """
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not finite:
+        return 0.0, 1.0
+    low, high = min(finite), max(finite)
+    pad = 0.05 * (high - low)
+    low, high = low - pad, high + pad
+    if high - low < min_span:
+        middle = (low + high) / 2
+        low, high = middle - min_span / 2, middle + min_span / 2
+    if low < 0:
+        low, high = 0.0, high - low
+    if high > 1:
+        low, high = low - (high - 1), 1.0
+    return max(low, 0.0), min(high, 1.0)
+
+
+def set_miou_axis(
+    ax: Axes, values: Iterable[float | None], min_span: float = MIN_MIOU_SPAN
+) -> None:
+    """Set the y limits of an mIoU axis ``ax`` with :func:`miou_axis_limits`; for every plot of
+    mIoU against labelling effort (reports, ``activeseg simulate``, benchmarks)."""
+    ax.set_ylim(*miou_axis_limits(values, min_span))
 
 
 def _png(fig: Figure) -> bytes:
@@ -169,9 +211,19 @@ def shift_png(shift: dict[str, Any]) -> bytes:
 
 def learning_curve_png(curve: dict[str, Any]) -> bytes:
     """mIoU vs labelled pixel fraction and vs labelled regions: this project and its baseline."""
+    return _png(learning_curve_figure(curve))
+
+
+def learning_curve_figure(curve: dict[str, Any]) -> Figure:
+    """The figure of :func:`learning_curve_png` (two axes, mIoU limits from
+    :func:`set_miou_axis`)."""
     fig = Figure(figsize=(11, 4.2))
     axes = [fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)]
     pts = [p for p in curve["points"] if p["miou"] is not None]
+    shown: list[float | None] = [p["miou"] for p in pts]
+    for c in (curve.get("baseline") or {}).get("curves", []):
+        for p in c["points"]:
+            shown += [p["miou_mean"] - p["miou_std"], p["miou_mean"] + p["miou_std"]]
     for ax, key, scale in ((axes[0], "labelled_fraction", 100.0), (axes[1], "labelled_regions", 1)):
         for c in (curve.get("baseline") or {}).get("curves", []):
             xs = np.array([p[key] for p in c["points"]], dtype=np.float64) * scale
@@ -200,13 +252,14 @@ def learning_curve_png(curve: dict[str, Any]) -> bytes:
                     xytext=(3, 3),
                 )
         ax.set_ylabel("mIoU (test when labelled, else val)")
+        set_miou_axis(ax, shown)
         ax.grid(alpha=0.3)
     axes[0].set_xlabel("labelled pixels (% of pool + train)")
     axes[1].set_xlabel("labelled regions (through tasks)")
     axes[1].legend(fontsize=8, loc="lower right")
     fig.suptitle("Learning curve", fontsize=11)
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
 def report_plots(report: dict[str, Any]) -> dict[str, bytes]:

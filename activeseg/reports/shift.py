@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from activeseg.reports.collect import PixelSample
+from activeseg.reports.wording import change, ratio_change
 from activeseg.uncertainty import expected_calibration_error
 
 __all__ = ["CONDITIONS", "PERTURBATIONS", "condition_summary", "perturb", "shift_section"]
@@ -140,13 +141,14 @@ def shift_section(samples: dict[str, PixelSample], n_bins: int = 15) -> dict[str
         worst = min(scored, key=lambda n: conditions[n]["accuracy"])
         w = conditions[worst]
         text = (
-            f"Under {worst.replace('_', ' ')}, accuracy falls {clean['accuracy']:.3f} -> "
-            f"{w['accuracy']:.3f} while softmax mean max-prob goes {clean['mean_max_prob']:.3f} "
-            f"-> {w['mean_max_prob']:.3f} (ECE {clean['ece']:.3f} -> {w['ece']:.3f})"
+            f"Under {worst.replace('_', ' ')}, accuracy "
+            f"{change(clean['accuracy'], w['accuracy'])} while softmax mean max-prob "
+            f"{change(clean['mean_max_prob'], w['mean_max_prob'])} (ECE "
+            f"{change(clean['ece'], w['ece'])})"
         )
         mi = w["rise"].get("mutual_information")
         if mi is not None:
-            text += f"; mean mutual information rises {mi:.2f}x"
+            text += f"; mean mutual information {ratio_change(mi)}"
         sentences.append(text + ".")
     for name in (n for n in conditions if n in OOD_CONDITIONS):
         o = conditions[name]

@@ -11,8 +11,13 @@ Answers "is the softmax output a usable measure of uncertainty?" on labelled pix
   U), area under the precision-recall curve (average precision, errors as positives; Hendrycks
   and Gimpel 2017) and PAvPU (Mukhoti and Gal 2018, "Evaluating Bayesian Deep Learning Methods
   for Semantic Segmentation");
+- foreground and regions: the majority class of the labelled pixels (:func:`majority_class`)
+  marks the easy background that dominates pixel-level figures; per-region error counts
+  (:func:`region_error_counts`), the unit-level reliability diagram
+  (:func:`reliability_from_confidence`) and the rank correlation of a pooled score with a
+  region's error fraction (:func:`error_rank_correlation`) give the same questions per region;
 - temperature scaling (Guo et al. 2017): one scalar ``T`` fitted on held-out logits by
-  minimising the NLL of ``softmax(z / T)``.
+  minimising the NLL of ``softmax(z / T)``, or of ``mean_s softmax(z_s / T)`` for S samples.
 
 Inputs are named for what they are: ``probs`` are probabilities, ``logits`` are logits; nothing
 is guessed. Ignored pixels (``ignore_index``, 255 by default) are dropped by
@@ -38,14 +43,19 @@ __all__ = [
     "brier_score",
     "error_detection_aupr",
     "error_detection_auroc",
+    "error_rank_correlation",
     "expected_calibration_error",
     "fit_temperature",
+    "fit_temperature_mixture",
     "flatten_pixels",
     "log_softmax",
+    "majority_class",
     "maximum_calibration_error",
     "negative_log_likelihood",
     "pavpu",
+    "region_error_counts",
     "reliability_bins",
+    "reliability_from_confidence",
     "softmax",
 ]
 
@@ -155,6 +165,66 @@ def fit_temperature(
     return float(math.exp(res.x))
 
 
+def fit_temperature_mixture(
+    logits: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    bounds: tuple[float, float] = (0.05, 20.0),
+) -> float:
+    """Fit the ``T`` that minimises the NLL of the mixture ``mean_s softmax(z_s / T)``.
+
+    An ensemble (Lakshminarayanan et al. 2017) or MC-dropout model (Gal and Ghahramani 2016)
+    serves the mean of its S temperature-scaled softmaxes; fitting ``T`` on the mean logits
+    (:func:`fit_temperature`) calibrates a different distribution. This fits the one served.
+
+    Args:
+        logits: ``[P, S, C]`` logits of labelled held-out pixels: S samples (members or dropout
+            masks) per pixel.
+        labels: ``[P]`` class indices in ``0..C-1``.
+        bounds: search interval for ``T``, searched over ``log T`` as in
+            :func:`fit_temperature`.
+
+    Returns:
+        ``T`` (a float inside ``bounds``). With ``S = 1`` it is :func:`fit_temperature`'s fit.
+
+    NLL per pixel: ``log S - logsumexp_s(z_{s,y} / T - logsumexp_c(z_{s,c} / T))``, from
+    max-shifted logits in float64, in chunks of about a million values (memory ``O(P)`` beyond
+    the logits themselves).
+    """
+    z = _float(logits)
+    if z.ndim != 3:
+        raise ValueError(f"fit_temperature_mixture expects logits [P, S, C], got {z.shape}")
+    n_pix, n_samples, n_classes = z.shape
+    y = _labels(labels, z[:, 0, :], "fit_temperature_mixture")
+    lo, hi = bounds
+    if not (0 < lo < hi and math.isfinite(hi)):
+        raise ValueError(f"bounds must satisfy 0 < low < high < inf, got {bounds}")
+    if n_pix == 0:
+        raise ValueError("fit_temperature_mixture needs at least one labelled pixel")
+    step = max(1, _NLL_CHUNK_VALUES // (n_samples * n_classes))
+    log_s = math.log(n_samples)
+
+    def nll(log_t: float) -> float:
+        inv_t = math.exp(-log_t)
+        total = 0.0
+        for start in range(0, n_pix, step):
+            chunk = z[start : start + step].astype(np.float64)  # [p, S, C]
+            chunk -= chunk.max(axis=2, keepdims=True)
+            chunk *= inv_t
+            rows = np.arange(chunk.shape[0])
+            true = chunk[rows, :, y[start : start + step]]  # [p, S]
+            log_norm = np.log(np.exp(chunk).sum(axis=2))  # [p, S], each >= 0 after the shift
+            log_p = true - log_norm  # log softmax of the label, per sample
+            peak = log_p.max(axis=1, keepdims=True)
+            log_mix = peak[:, 0] + np.log(np.exp(log_p - peak).sum(axis=1)) - log_s
+            total -= float(log_mix.sum())
+        return total / n_pix
+
+    res = minimize_scalar(
+        nll, bounds=(math.log(lo), math.log(hi)), method="bounded", options={"xatol": 1e-6}
+    )
+    return float(math.exp(res.x))
+
+
 # --------------------------------------------------------------------------------------------
 # pixels
 
@@ -256,7 +326,7 @@ class ReliabilityDiagram:
 def _bin_stats(
     bins: npt.NDArray[np.intp],
     conf: FloatArray,
-    correct: npt.NDArray[np.bool_],
+    correct: npt.NDArray[np.bool_] | npt.NDArray[np.float64],
     n_bins: int,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     count = np.bincount(bins, minlength=n_bins).astype(np.int64)
@@ -298,6 +368,38 @@ def reliability_bins(
     n_pix = p.shape[0]
     conf = p.max(axis=1).astype(np.float64) if n_pix else np.zeros(0)
     correct = p.argmax(axis=1) == y if n_pix else np.zeros(0, bool)
+    return reliability_from_confidence(conf, correct, n_bins, adaptive)
+
+
+def reliability_from_confidence(
+    confidence: npt.ArrayLike,
+    accuracy: npt.ArrayLike,
+    n_bins: int = 15,
+    adaptive: bool = False,
+) -> ReliabilityDiagram:
+    """Reliability diagram of units with a confidence and an accuracy each.
+
+    Args:
+        confidence: float ``[N]`` in ``[0, 1]``: a pixel's max probability, or a region's mean
+            max probability over its labelled pixels.
+        accuracy: ``[N]`` in ``[0, 1]``: bool (a pixel's argmax is right) or float (a region's
+            fraction of right pixels).
+        n_bins, adaptive: as :func:`reliability_bins`, of which this is the binning step (each
+            unit counts once, so regions weigh the same whatever their size).
+
+    Returns:
+        The :class:`ReliabilityDiagram`; its ``ece`` is ``sum_b N_b / N * |acc_b - conf_b|``.
+    """
+    conf = np.asarray(confidence, dtype=np.float64).ravel()
+    correct = np.asarray(accuracy, dtype=np.float64).ravel()
+    if conf.shape != correct.shape:
+        raise ValueError(
+            f"confidence and accuracy must have the same shape [N], got {conf.shape} and "
+            f"{correct.shape}"
+        )
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    n_pix = conf.size
     if not adaptive:
         edges = np.linspace(0.0, 1.0, n_bins + 1)
         bins = _equal_width_bins(conf, n_bins)
@@ -526,3 +628,89 @@ def pavpu(uncertainty: npt.ArrayLike, errors: npt.ArrayLike, threshold: float) -
     uncertain = u >= threshold
     agree = np.count_nonzero(uncertain == e)
     return agree / u.size
+
+
+def error_rank_correlation(uncertainty: npt.ArrayLike, error_fraction: npt.ArrayLike) -> float:
+    """Spearman rank correlation of uncertainty ``[R]`` with the error fraction ``[R]``.
+
+    For units that hold many pixels (regions): does a higher pooled score go with a larger
+    share of wrong pixels, not only with holding one? Average ranks for ties (Spearman 1904).
+    In ``[-1, 1]``; NaN when there are fewer than two units or either column is constant.
+    """
+    u = np.asarray(uncertainty, dtype=np.float64).ravel()
+    f = np.asarray(error_fraction, dtype=np.float64).ravel()
+    if u.shape != f.shape:
+        raise ValueError(
+            f"error_rank_correlation expects two columns of the same shape [R], got {u.shape} "
+            f"and {f.shape}"
+        )
+    if u.size < 2 or np.isnan(u).any() or np.isnan(f).any():
+        return math.nan
+    ru, rf = rankdata(u), rankdata(f)
+    ru -= ru.mean()
+    rf -= rf.mean()
+    denominator = math.sqrt(float(np.dot(ru, ru)) * float(np.dot(rf, rf)))
+    return float(np.dot(ru, rf)) / denominator if denominator > 0 else math.nan
+
+
+# --------------------------------------------------------------------------------------------
+# foreground and regions: the same metrics where easy background does not dominate
+
+
+def majority_class(labels: npt.ArrayLike) -> int | None:
+    """The most frequent class id among labelled pixels ``[P]`` (ties: the smallest id), or
+    None when there is none.
+
+    Its pixels are the report's *background*: on a typical segmentation set they are the
+    bulk of the pixels and the easiest ones, so pixel-level ECE and AUROC mostly measure them.
+    The *foreground* is every labelled pixel whose true class is another one.
+    """
+    y = np.asarray(labels).ravel()
+    if y.size == 0:
+        return None
+    if y.dtype.kind not in "iu" or int(y.min()) < 0:
+        raise ValueError("majority_class expects non-negative integer class ids")
+    return int(np.argmax(np.bincount(y.astype(np.int64))))
+
+
+def region_error_counts(
+    region_labels: npt.ArrayLike,
+    n_regions: int,
+    labelled: npt.ArrayLike,
+    errors: npt.ArrayLike,
+    confidence: npt.ArrayLike | None = None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Per region of one image: labelled pixels, wrong pixels and summed confidence.
+
+    Args:
+        region_labels: int ``[H, W]`` region id per pixel, ids ``0..R-1``.
+        n_regions: R.
+        labelled: bool ``[H, W]``: the pixel has a label (only those count).
+        errors: bool ``[H, W]``: the prediction is wrong (read only where labelled).
+        confidence: float ``[H, W]`` max probability per pixel, or None.
+
+    Returns:
+        ``(n_labelled [R] int64, n_errors [R] int64, confidence_sum [R] float64)``; the error
+        fraction of region r is ``n_errors[r] / n_labelled[r]``, its mean confidence
+        ``confidence_sum[r] / n_labelled[r]`` (zeros when ``confidence`` is None).
+    """
+    ids = np.asarray(region_labels).ravel()
+    keep = np.asarray(labelled, dtype=bool).ravel()
+    wrong = np.asarray(errors, dtype=bool).ravel()
+    if not (ids.shape == keep.shape == wrong.shape):
+        raise ValueError(
+            "region_error_counts expects region_labels, labelled and errors of one shape "
+            f"[H, W], got {np.shape(region_labels)}, {np.shape(labelled)}, {np.shape(errors)}"
+        )
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= n_regions):
+        raise ValueError(f"region ids must lie in 0..{n_regions - 1}")
+    at = ids[keep].astype(np.intp)
+    n_labelled = np.bincount(at, minlength=n_regions).astype(np.int64)
+    n_errors = np.bincount(at[wrong[keep]], minlength=n_regions).astype(np.int64)
+    conf_sum: npt.NDArray[np.float64] = np.zeros(n_regions)
+    if confidence is not None:
+        conf = np.asarray(confidence, dtype=np.float64).ravel()
+        if conf.shape != ids.shape:
+            raise ValueError(f"confidence must have shape {np.shape(region_labels)}")
+        conf_sum = np.bincount(at, weights=conf[keep], minlength=n_regions).astype(np.float64)
+    return n_labelled, n_errors, conf_sum

@@ -25,15 +25,19 @@ Eligibility: a candidate with score NaN or ``-inf`` (fully labelled, see
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 from scipy.stats import rankdata
 
-__all__ = ["STRATEGIES", "Strategy", "select_regions"]
+__all__ = ["STRATEGIES", "Seed", "Strategy", "draw_controls", "interleave", "select_regions"]
 
 Strategy = Literal["top_k", "random", "power", "softmax", "softrank"]
+# Anything np.random.default_rng takes: an int, a sequence of ints such as (project seed, round
+# number), or a Generator (used as is, so several draws can share one stream).
+Seed = int | Sequence[int] | np.random.Generator
 STRATEGIES: tuple[str, ...] = ("top_k", "random", "power", "softmax", "softrank")
 
 
@@ -64,7 +68,7 @@ def select_regions(
     min_distance: float | None = None,
     centroids: npt.ArrayLike | None = None,
     beta: float = 1.0,
-    seed: int = 0,
+    seed: Seed = 0,
 ) -> npt.NDArray[np.int64]:
     """Choose up to ``k`` candidate regions, in priority order.
 
@@ -81,7 +85,8 @@ def select_regions(
             (:attr:`activeseg.uncertainty.regions.RegionMap.centroids`).
         beta: sharpness (``>= 0``; 0 = uniform among eligible candidates; large = top-k).
             Ignored by ``top_k`` and ``random``.
-        seed: seed of ``np.random.default_rng``; the same inputs and seed give the same batch.
+        seed: seed of ``np.random.default_rng`` (an int, a sequence of ints, or a Generator
+            that is drawn from); the same inputs and seed give the same batch.
 
     Returns:
         int64 indices into the candidate arrays, in selection (queue priority) order; fewer
@@ -178,3 +183,64 @@ def _greedy_spread(
         if len(selected) == k:
             break
     return np.asarray(selected, dtype=np.int64)
+
+
+def draw_controls(
+    scores: npt.ArrayLike,
+    image_index: npt.ArrayLike,
+    selected: npt.ArrayLike,
+    k: int,
+    per_image_cap: int | None = None,
+    seed: Seed = 0,
+) -> npt.NDArray[np.int64]:
+    """Draw ``k`` control candidates uniformly at random among the eligible ones not selected.
+
+    Controls are the yardstick of a queue: what a random choice would have found in the same
+    round, labelled by the same annotators. Eligible = finite score (as for ``random``).
+
+    Args:
+        scores: float ``[N]`` pooled scores (NaN or ``-inf`` = not eligible).
+        image_index: int ``[N]`` image of each candidate.
+        selected: int ``[M]`` indices already selected (never drawn again).
+        k: number of controls.
+        per_image_cap: at most this many controls per image (the selection's cap, applied to
+            the controls on their own so that they stay a uniform draw of the pool).
+        seed: as in :func:`select_regions`.
+
+    Returns:
+        int64 ``[<= k]`` candidate indices in draw order.
+    """
+    s = np.array(scores, dtype=np.float64)
+    s[np.asarray(selected, dtype=np.int64)] = np.nan
+    return select_regions(
+        s, image_index, k, strategy="random", per_image_cap=per_image_cap, seed=seed
+    )
+
+
+def interleave(
+    selected: npt.ArrayLike, controls: npt.ArrayLike, seed: Seed = 0
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Put the controls at uniformly random positions of the lease order; the selected keep
+    their sampled order among themselves.
+
+    Args:
+        selected: int ``[M]`` in sampled (priority) order.
+        controls: int ``[Q]``.
+        seed: as in :func:`select_regions`.
+
+    Returns:
+        ``(order, is_control)``: int64 ``[M + Q]`` the lease order, bool ``[M + Q]`` True where
+        the entry is a control. Every subset of positions is equally likely to hold the
+        controls, so annotators cannot tell them by position and a round cut short holds both
+        kinds in proportion (in expectation).
+    """
+    sel = np.asarray(selected, dtype=np.int64)
+    ctl = np.asarray(controls, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    total = sel.size + ctl.size
+    is_control = np.zeros(total, np.bool_)
+    is_control[rng.choice(total, size=ctl.size, replace=False)] = True
+    order = np.empty(total, np.int64)
+    order[~is_control] = sel
+    order[is_control] = ctl[rng.permutation(ctl.size)]
+    return order, is_control

@@ -34,7 +34,7 @@ SMALL_MODEL = ModelSettings(
     mc_samples=3,
     depth=2,
     base_channels=8,
-    epochs=3,
+    steps=20,
     batch_size=4,
     patch_size=64,
     patience=None,
@@ -93,7 +93,14 @@ def label_all_queued(
             image = s.get(
                 __import__("activeseg.core.tables", fromlist=["Image"]).Image, task.image_id
             )
-            _, regions = region_set(s, stack.store, image, task.region_kind, task.region_size)  # type: ignore[arg-type]
+            _, regions = region_set(
+                s,
+                stack.store,  # type: ignore[attr-defined,arg-type]
+                image,  # type: ignore[arg-type]
+                task.region_kind,
+                task.region_size,
+                task.region_sigma,
+            )
             gt = truth[task.image_id]
             answer = {r: int(np.bincount(gt[regions.labels == r]).argmax()) for r in task.regions}
             tasks.submit(s, stack.store, project, task, user, tasks.Submission(answer))  # type: ignore[arg-type]
@@ -133,7 +140,8 @@ def test_bootstrap_label_retrain_rescore_requeue(stack: Stack, project) -> None:
             )
         )
         assert {"entropy", "margin", "mutual_information", "variation_ratio"} <= measures
-        # ... and built round 2 from the new scores, with their values as priorities.
+        # ... and built round 2 from the new scores, leased in the sampled order (priority =
+        # minus the position), one of them a hidden control (control_fraction 0.1 of 12).
         rnd = s.scalar(select(Round).where(Round.project_id == pid, Round.number == 2))
         assert rnd is not None and rnd.model_version_id == mv_id and rnd.n_tasks == 12
         new = s.scalars(select(Task).where(Task.round_id == rnd.id)).all()
@@ -146,7 +154,9 @@ def test_bootstrap_label_retrain_rescore_requeue(stack: Stack, project) -> None:
                     RegionScore.region == t.regions[0],
                 )
             )
-            assert t.priority == pytest.approx(score)
+            assert score is not None
+        assert sorted(t.priority for t in new) == [-float(i) for i in range(11, -1, -1)]
+        assert sum(t.control for t in new) == 1
         # Regions labelled in round 1 are never queued again.
         done = {(t.image_id, t.region_key) for t in queued}
         assert not done & {(t.image_id, t.region_key) for t in new}

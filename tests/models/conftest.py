@@ -28,7 +28,7 @@ def tiny_config(**overrides: object) -> ModelConfig:
         "base_channels": 4,
         "method": "single",
         "batch_size": 4,
-        "epochs": 2,
+        "steps": 2,
         "device": "cpu",
     }
     fields.update(overrides)

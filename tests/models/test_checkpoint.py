@@ -12,7 +12,7 @@ from tests.models.conftest import tiny_config
 @pytest.mark.parametrize("method", ["mc_dropout", "ensemble"])
 def test_reloaded_version_gives_bit_identical_probabilities(digit_data, method: str) -> None:
     images, masks = digit_data
-    config = tiny_config(method=method, ensemble_size=2, mc_samples=3, epochs=1)
+    config = tiny_config(method=method, ensemble_size=2, mc_samples=3, steps=1)
     states = train(config, images, masks).states
     blobs = [state_to_bytes(state) for state in states]
     assert all(isinstance(blob, bytes) for blob in blobs)
@@ -27,7 +27,7 @@ def test_reloaded_version_gives_bit_identical_probabilities(digit_data, method: 
 
 def test_weights_that_do_not_fit_the_config_are_refused_clearly(digit_data) -> None:
     images, masks = digit_data
-    state = train(tiny_config(epochs=1), images, masks).states[0]
+    state = train(tiny_config(steps=1), images, masks).states[0]
     with pytest.raises(ValueError, match="do not fit the model config.*n_classes=5"):
         build_predictor(tiny_config(n_classes=5), [state_to_bytes(state)])
     with pytest.raises(ValueError, match="needs 1 member"):

@@ -143,3 +143,21 @@ def test_helpers() -> None:
         "b": [0, 1],
         "c": [3],
     }
+
+
+def test_foreground_figures_match_a_hand_computation() -> None:
+    config = tiny_config(n_classes=3)
+    mask = np.array([[0, 0, 0], [0, 1, 2]], dtype=np.uint8)
+    prediction = np.array([[0, 0, 0], [1, 1, 0]], dtype=np.uint8)
+    report = evaluate(
+        Predictor([IntensityClassifier(scale=2.0)], config), [encoded(prediction)], [mask], 3
+    )
+    # class 0 holds 4 of the 6 labelled pixels: it is the background; the foreground is the
+    # class-1 pixel (right) and the class-2 pixel (wrong), both at confidence p_top
+    top = np.exp(2.0) / (np.exp(2.0) + 2.0)
+    assert report["background_class"] == 0 and report["foreground_pixels"] == 2
+    assert report["foreground_accuracy"] == 0.5
+    assert report["foreground_ece"] == pytest.approx(abs(top - 0.5), rel=1e-6)
+    # one background error (0 -> 1) is not in the foreground; equal confidence: AUROC 0.5
+    assert report["error_detection_foreground"]["entropy"]["auroc"] == pytest.approx(0.5)
+    json.dumps(report, allow_nan=False)

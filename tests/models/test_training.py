@@ -38,7 +38,7 @@ def sparse_masks(masks: list[np.ndarray], fraction: float, seed: int = 0) -> lis
 @pytest.mark.slow
 def test_unet_overfits_four_digit_canvases(digit_data: Data) -> None:
     images, masks = digit_data
-    # A small network so that 200 steps (one per epoch) stay within seconds on two cores;
+    # A small network so that 200 steps stay within seconds on two cores;
     # it reaches mIoU 0.95 (at 300 steps seeds 0-2 give 0.96-0.98; without class weights 1 in 2
     # seeds left the two or three smallest digits as background).
     config = ModelConfig(
@@ -49,13 +49,17 @@ def test_unet_overfits_four_digit_canvases(digit_data: Data) -> None:
         method="single",
         dropout=0.0,
         lr=1e-2,
-        epochs=200,
+        steps=200,
         batch_size=4,
-        augment=False,
-        class_weighted=True,
+        augment_flip=False,
+        augment_rotate=False,
+        augment_shift=False,
+        augment_intensity=False,
+        class_weights="val",
         device="cpu",
     )
-    result = train(config, images, masks)
+    # The same fully labelled canvases serve as val: they only supply the class weights here.
+    result = train(config, images, masks, images, masks)
     predictor = Predictor(build_members(config, result.states), config)
     report = evaluate(predictor, images, masks, n_classes=11)
     assert report["miou"] > 0.9, report["iou_per_class"]
@@ -64,7 +68,7 @@ def test_unet_overfits_four_digit_canvases(digit_data: Data) -> None:
 
 def test_default_config_trains(digit_data: Data) -> None:
     images, masks = digit_data
-    config = ModelConfig(in_channels=1, n_classes=11, epochs=20, device="cpu")
+    config = ModelConfig(in_channels=1, n_classes=11, steps=20, eval_every=1, device="cpu")
     result = train(config, images, masks)
     losses = [entry["train_loss"] for entry in result.history]
     assert len(result.states) == 1
@@ -106,8 +110,8 @@ def test_training_with_five_percent_of_pixels_labelled(digit_data: Data) -> None
     sparse = sparse_masks(masks, 0.05)
     assert 0.03 < np.mean([(m != IGNORE_INDEX).mean() for m in sparse]) < 0.07
     unlabelled = np.full_like(masks[0], IGNORE_INDEX)
-    config = tiny_config(epochs=3, class_weighted=True)
-    result = train(config, [*images, images[0]], [*sparse, unlabelled])
+    config = tiny_config(steps=3, class_weights="val")
+    result = train(config, [*images, images[0]], [*sparse, unlabelled], images[:1], masks[:1])
     assert all(np.isfinite(entry["train_loss"]) for entry in result.history)
     torch.manual_seed(config.seed)  # train() draws member 0's initial weights from this seed
     initial = UNet.from_config(config).state_dict()
@@ -124,17 +128,17 @@ def test_all_unlabelled_is_refused(digit_data: Data) -> None:
 
 def test_training_is_deterministic_for_a_seed(digit_data: Data) -> None:
     images, masks = digit_data
-    config = tiny_config(epochs=2, method="mc_dropout", dropout=0.2)
+    config = tiny_config(steps=2, method="mc_dropout", dropout=0.2)
     first, second = train(config, images, masks), train(config, images, masks)
     for name, tensor in first.states[0].items():
         assert torch.equal(tensor, second.states[0][name]), name
-    other = train(tiny_config(epochs=2, method="mc_dropout", dropout=0.2, seed=1), images, masks)
+    other = train(tiny_config(steps=2, method="mc_dropout", dropout=0.2, seed=1), images, masks)
     assert not torch.equal(first.states[0]["head.weight"], other.states[0]["head.weight"])
 
 
 def test_ensemble_trains_k_different_members_and_reports_progress(digit_data: Data) -> None:
     images, masks = digit_data
-    config = tiny_config(method="ensemble", ensemble_size=3, epochs=2)
+    config = tiny_config(method="ensemble", ensemble_size=3, steps=2)
     reports: list[TrainProgress] = []
     result = train(config, images, masks, progress=reports.append, progress_interval_s=0.0)
     assert len(result.states) == 3
@@ -144,24 +148,25 @@ def test_ensemble_trains_k_different_members_and_reports_progress(digit_data: Da
     fractions = [r.fraction for r in reports]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert all(0.0 <= f <= 1.0 for f in fractions)
-    assert {(h["member"], h["epoch"]) for h in result.history} == {
-        (m, e) for m in range(3) for e in range(2)
-    }
+    # one history entry per member at its last step (eval_every=100 > steps)
+    assert [(h["member"], h["step"]) for h in result.history] == [(m, 2) for m in range(3)]
 
 
-def test_early_stopping_stops_after_patience_epochs(digit_data: Data) -> None:
+def test_early_stopping_stops_after_patience_checks(digit_data: Data) -> None:
     images, masks = digit_data
     # GroupNorm and lr ~ 0: the weights (and so the validation loss) never change, so the
-    # first epoch is the best and training stops exactly `patience` epochs later.
-    config = tiny_config(epochs=30, patience=2, lr=1e-12, weight_decay=0.0, norm="group")
+    # first check is the best and training stops exactly `patience` checks later.
+    config = tiny_config(
+        steps=30, eval_every=1, patience=2, lr=1e-12, weight_decay=0.0, norm="group"
+    )
     result = train(config, images[:2], masks[:2], images[2:], masks[2:])
-    assert [h["epoch"] for h in result.history] == [0, 1, 2]
+    assert [h["step"] for h in result.history] == [1, 2, 3]
     assert result.best_val_loss == result.history[0]["val_loss"]
 
 
 def test_early_stopping_returns_the_best_validation_weights(digit_data: Data) -> None:
     images, masks = digit_data
-    config = tiny_config(epochs=8, patience=3, lr=0.05)
+    config = tiny_config(steps=8, eval_every=1, patience=3, lr=0.05)
     result = train(config, images[:2], masks[:2], images[2:], masks[2:])
     val_losses = [h["val_loss"] for h in result.history if h["val_loss"] is not None]
     assert result.best_val_loss == pytest.approx(min(val_losses))
@@ -172,12 +177,14 @@ def test_early_stopping_returns_the_best_validation_weights(digit_data: Data) ->
 
 def test_warm_start_continues_from_given_weights(digit_data: Data) -> None:
     images, masks = digit_data
-    config = tiny_config(epochs=1, max_steps=1, lr=1e-12, weight_decay=0.0)
-    start = train(tiny_config(epochs=1), images, masks).states
+    config = tiny_config(init="warm", steps=1, lr=1e-12, weight_decay=0.0)
+    start = train(tiny_config(steps=1), images, masks).states
     tuned = train(config, images, masks, init_states=start).states
     torch.testing.assert_close(tuned[0]["head.weight"], start[0]["head.weight"])
     with pytest.raises(ValueError, match="init_states has 2"):
         train(config, images, masks, init_states=start * 2)
+    with pytest.raises(ValueError, match="init 'cold'"):
+        train(tiny_config(steps=1), images, masks, init_states=start)
 
 
 def test_class_weights_are_inverse_frequency() -> None:
@@ -207,7 +214,7 @@ def test_mixed_sizes_rgb_and_patches_larger_than_some_images() -> None:
     shapes = [(40, 50, 3), (70, 30, 3), (90, 90, 3)]
     images = [rng.integers(0, 256, size=s, dtype=np.uint8) for s in shapes]
     masks = [(img[..., 0] > 127).astype(np.uint8) for img in images]
-    config = tiny_config(in_channels=3, n_classes=2, patch_size=64, epochs=2, batch_size=3)
+    config = tiny_config(in_channels=3, n_classes=2, patch_size=64, steps=2, batch_size=3)
     result = train(config, images, masks, images[:1], masks[:1])
     assert all(np.isfinite(h["train_loss"]) for h in result.history)
     assert result.best_val_loss is not None

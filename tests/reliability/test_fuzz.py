@@ -74,7 +74,7 @@ TINY_MODEL = {
     "mc_samples": 2,
     "depth": 1,
     "base_channels": 4,
-    "epochs": 1,
+    "steps": 2,
     "batch_size": 4,
     "patch_size": 32,
     "patience": None,

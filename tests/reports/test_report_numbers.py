@@ -21,7 +21,13 @@ from activeseg.models.inference import Predictor
 from activeseg.models.unet import UNet
 from activeseg.reports.build import ReportOptions, model_sections
 from activeseg.reports.collect import collect_pixels
-from activeseg.reports.detection import bootstrap_auroc_difference, roc_points
+from activeseg.reports.detection import (
+    NEAR_CHANCE_AUROC,
+    bootstrap_auroc_difference,
+    bootstrap_auroc_interval,
+    detection_verdict,
+    roc_points,
+)
 from activeseg.reports.shift import PERTURBATIONS, perturb
 from activeseg.uncertainty import (
     brier_score,
@@ -30,11 +36,16 @@ from activeseg.uncertainty import (
     error_detection_auroc,
     expected_calibration_error,
     flatten_pixels,
+    grid_regions,
     maximum_calibration_error,
     negative_log_likelihood,
 )
 
 TEMPERATURE = 1.7
+TILE = 1
+"""One-pixel regions: each labelled pixel is a region, so every per-region figure must equal
+the pixel figure (the region path is checked end to end against an identity; coarser regions
+are checked on hand-made arrays in test_scopes.py)."""
 
 
 def fixed_config(method: str) -> ModelConfig:
@@ -101,6 +112,7 @@ def independent(method: str, images: list[np.ndarray], masks: list[np.ndarray]) 
 @pytest.mark.parametrize("method", ["mc_dropout", "single"])
 def test_report_numbers_equal_the_uncertainty_core(method: str, data) -> None:  # type: ignore[no-untyped-def]
     images, masks = data
+    tiles = [grid_regions(64, 64, TILE).labels for _ in images]
     sections = model_sections(
         fixed_predictor(method, TEMPERATURE),  # its own temperature must not matter
         images,
@@ -108,6 +120,8 @@ def test_report_numbers_equal_the_uncertainty_core(method: str, data) -> None:  
         split="val",
         temperature=TEMPERATURE,
         options=ReportOptions(n_boot=50, max_shift_images=2),
+        region_maps=tiles,
+        region_kind=f"grid {TILE}",
     )
     ref = independent(method, images, masks)
     p1, pt, y = ref["p1"], ref["pt"], ref["labels"]
@@ -130,12 +144,26 @@ def test_report_numbers_equal_the_uncertainty_core(method: str, data) -> None:  
     rows = {r["measure"]: r for r in det["rows"]}
     columns = ref["columns"]
     assert set(columns) <= set(rows)
+    majority = int(np.argmax(np.bincount(y)))
+    fg = y != majority
+    assert det["foreground"]["majority_class"] == cal["foreground"]["majority_class"] == majority
+    assert det["foreground"]["n_pixels"] == int(fg.sum()) > 0
+    for key, probs in (("before", p1), ("after", pt)):
+        assert cal["foreground"][key]["ece"] == expected_calibration_error(probs[fg], y[fg], 15)
+    assert det["regions"]["n_regions"] == y.size == cal["regions"]["n_regions"]
+    assert det["regions"]["n_with_error"] == det["n_errors"]
+    for key in ("before", "after"):
+        for metric in ("ece", "ece_adaptive", "mce", "accuracy", "mean_confidence"):
+            assert cal["regions"][key][metric] == pytest.approx(cal[key][metric], abs=1e-12)
     for name, values in columns.items():
         assert rows[name]["auroc"] == error_detection_auroc(values, errors), name
         assert rows[name]["aupr"] == error_detection_aupr(values, errors), name
+        assert rows[name]["foreground"]["auroc"] == error_detection_auroc(values[fg], errors[fg])
+        for metric in ("auroc", "aupr"):
+            assert rows[name]["region"][metric] == pytest.approx(rows[name][metric], abs=1e-12)
     if method == "single":
         assert "mutual_information" not in rows and det["comparison"] is None
-        assert "Single network" in det["verdict"]
+        assert "train an ensemble or MC dropout" in det["verdict"]
     else:
         assert {"mutual_information", "entropy_one_pass"} <= set(rows)
         comp = det["comparison"]
@@ -143,7 +171,11 @@ def test_report_numbers_equal_the_uncertainty_core(method: str, data) -> None:  
             rows[comp["ensemble"]]["auroc"] - rows[comp["softmax"]]["auroc"]
         )
         assert comp["ci_low"] <= comp["ci_high"] and comp["n_images"] == 4
-        assert comp["ensemble"] in det["verdict"]
+    # An untrained network: its uncertainty cannot find its errors, and the verdict says so
+    # instead of comparing ensemble and softmax.
+    assert det["verdict"] == detection_verdict(det)
+    assert det["best"]["auroc"] < NEAR_CHANCE_AUROC
+    assert det["verdict"].startswith("No uncertainty measure finds this model's errors")
 
     shift = sections["shift"]
     assert list(shift["conditions"]) == ["clean", *PERTURBATIONS]
@@ -195,3 +227,7 @@ def test_roc_points_and_bootstrap() -> None:
     assert same["difference"] == 0 and same["ci_low"] == same["ci_high"] == 0
     one = bootstrap_auroc_difference(perfect, noise, errors, np.zeros(2000), n_boot=20)
     assert one["ci_low"] is None and math.isfinite(one["difference"])
+    good = bootstrap_auroc_interval(perfect, errors, images, n_boot=100)
+    assert good["auroc"] == 1.0 and good["ci_low"] == good["ci_high"] == 1.0
+    coin = bootstrap_auroc_interval(noise, errors, images, n_boot=100)
+    assert coin["ci_low"] < 0.5 < coin["ci_high"] and coin["n_boot"] == 100

@@ -20,6 +20,7 @@ from activeseg.core.services.jobs import request_job
 from activeseg.core.tables import Job, ModelVersion, User
 from activeseg.datasets.digits import digits
 from activeseg.jobs.registry import inline_dispatcher
+from activeseg.reports.detection import detection_verdict
 from tests.conftest import Stack
 from tests.utils import chromium_browser, unique
 
@@ -28,7 +29,7 @@ TINY = ModelSettings(
     mc_samples=3,
     depth=2,
     base_channels=8,
-    epochs=2,
+    steps=8,
     batch_size=4,
     patch_size=64,
     patience=None,
@@ -89,11 +90,23 @@ def test_retrain_stores_a_report_served_as_json_png_and_html(
     assert cal["before"]["ece"] >= 0 and cal["after"]["nll"] is not None
     measures = {row["measure"] for row in report["error_detection"]["rows"]}
     assert {"entropy", "margin", "least_confidence", "entropy_t", "mutual_information"} <= measures
-    assert report["error_detection"]["verdict"].startswith("Best error detector")
+    det = report["error_detection"]
+    assert det["verdict"] == detection_verdict(det)
+    assert det["verdict"].startswith(("Best error detector", "No uncertainty measure finds"))
+    # foreground and per-region figures beside the pixel ones, on the project's grid tiles
+    assert det["foreground"]["n_pixels"] > 0 and det["regions"]["kind"] == "grid 16"
+    assert det["regions"]["n_regions"] == 3 * (64 // 16) ** 2  # 3 fully labelled val canvases
+    assert all("foreground" in r and "region" in r for r in det["rows"])
+    assert cal["foreground"]["before"]["ece"] is not None
+    assert cal["regions"]["n_regions"] == det["regions"]["n_regions"]
     assert set(report["shift"]["conditions"]) >= {"clean", "gaussian_noise", "uniform_noise"}
     [point] = report["learning_curve"]["points"]
     assert point["split"] == "test" and point["labelled_fraction"] == pytest.approx(1.0)
     assert set(report["plots"]) == PLOTS
+    # read live: the retrain opened no acquisition round yet
+    assert (
+        report["rounds"]["rounds"] == [] and "No acquisition round" in report["rounds"]["summary"]
+    )
 
     png = admin.get(f"/models/{mv}/plots/reliability.png")
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
@@ -103,6 +116,7 @@ def test_retrain_stores_a_report_served_as_json_png_and_html(
     page = admin.get(f"/models/{mv}/report.html")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert page.text.count("data:image/png;base64,") == len(PLOTS)
+    assert "AUROC foreground" in page.text and "AUROC regions" in page.text
     assert "http://" not in page.text and "https://" not in page.text  # no external assets
 
 

@@ -105,6 +105,7 @@ MATRIX: dict[tuple[str, str], R] = {
     ("POST", "/projects/{project_id}/retrain"): (403, 202, 202, 403, 404),
     ("POST", "/projects/{project_id}/score"): (403, 202, 202, 403, 404),
     ("POST", "/projects/{project_id}/rounds"): (403, 202, 202, 403, 404),
+    ("GET", "/projects/{project_id}/rounds"): (200, 200, 200, 404, 404),
     ("GET", "/projects/{project_id}/models"): (200, 200, 200, 404, 404),
     ("GET", "/models/{model_id}"): (200, 200, 200, 404, 404),
     ("POST", "/models/{model_id}/activate"): (403, 200, 200, 403, 404),
@@ -244,7 +245,7 @@ def world(stack: Stack) -> Iterator[World]:
             region_size=8,
             batch_size=40,
             lease_seconds=600,
-            model={"method": "single", "epochs": 1, "max_steps": 1, "base_channels": 4},
+            model={"method": "single", "steps": 1, "base_channels": 4},
         )
         pid = project["id"]
         assert c.post(f"/projects/{pid}/members", json={"user_id": ann_id}).status_code == 204

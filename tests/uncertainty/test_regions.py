@@ -162,3 +162,29 @@ def test_relabel_contiguous_keeps_order() -> None:
     out = relabel_contiguous(np.array([[5, 5], [9, 2]]))
     np.testing.assert_array_equal(out, [[1, 1], [2, 0]])
     assert out.dtype == np.int32
+
+
+def test_majority_pixels_by_hand() -> None:
+    from activeseg.uncertainty.regions import majority_pixels
+
+    regions = np.array([[0, 0, 1, 1], [0, 0, 1, 1]], np.int32)
+    mask = np.array([[2, 2, 1, 0], [2, 0, 1, 255]], np.uint8)
+    # region 0: 2,2,2,0 -> 3 of 4; region 1: 1,0,1 (255 not counted) -> 2 of 3
+    assert majority_pixels(regions, mask, 2) == (5, 7)
+    assert majority_pixels(regions, np.full((2, 4), 255, np.uint8), 2) == (0, 0)
+
+
+def test_region_count_off_below_half_or_above_twice() -> None:
+    from activeseg.uncertainty.regions import expected_region_count, region_count_off
+
+    assert expected_region_count(48, 64, 16) == 12
+    assert not region_count_off(6, 12) and not region_count_off(24, 12)
+    assert region_count_off(5, 12) and region_count_off(25, 12)
+
+
+def test_slic_smoothing_changes_the_map_and_is_checked() -> None:
+    img = np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)
+    plain, smooth = slic_regions(img, region_size=8), slic_regions(img, region_size=8, sigma=1)
+    assert not np.array_equal(plain.labels, smooth.labels)
+    with pytest.raises(ValueError, match="sigma"):
+        slic_regions(img, region_size=8, sigma=-1)

@@ -22,7 +22,7 @@ FAST_MODEL = {
     "mc_samples": 3,
     "depth": 2,
     "base_channels": 8,
-    "epochs": 4,
+    "steps": 16,
     "batch_size": 4,
     "patch_size": 64,
     "patience": None,
@@ -126,7 +126,7 @@ def test_bootstrap_annotate_retrain_rescore_requeue(stack: Stack, admin, worker)
 @pytest.mark.parametrize("stack", ["postgresql"], indirect=True)
 def test_worker_killed_mid_retrain_completes_elsewhere(stack: Stack, admin, worker) -> None:  # type: ignore[no-untyped-def]
     pid, truth = digits_project(admin, n=24)
-    slow_model = {**FAST_MODEL, "epochs": 60}
+    slow_model = {**FAST_MODEL, "steps": 400}
     assert admin.patch(f"/projects/{pid}", json={"settings": {"model": slow_model}}).is_success
     victim = worker("victim", concurrency=1, extra_env=FAST_WORKER)
     job = admin.post(f"/projects/{pid}/rounds", json={}).json()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 import numpy as np
@@ -13,11 +14,11 @@ from activeseg.api.errors import error_responses
 from activeseg.api.routes.jobs import start_job
 from activeseg.api.schemas import MAX_ROW_ID, NO_NUL, JobPublic, Page, RowId
 from activeseg.core.errors import NotFound
+from activeseg.core.heatmaps import decode_heatmaps
 from activeseg.core.imaging import decode_image, encode_png
 from activeseg.core.render import colourise, heat_colours, overlay
-from activeseg.core.services import auth, images, jobs, models
+from activeseg.core.services import auth, images, jobs, models, rounds
 from activeseg.core.tables import ImageScore, ModelVersion, Project
-from activeseg.jobs.score_pool import decode_heatmaps
 
 router = APIRouter(tags=["active learning"], responses=error_responses(403, 404, 409))
 
@@ -54,6 +55,59 @@ class ModelPublic(BaseModel):
     parent_id: int | None
     job_id: int | None
     active: bool = False
+
+
+class SelectedControl(BaseModel):
+    selected: int
+    control: int
+
+
+class ErrorRateComparisonPublic(BaseModel):
+    """Selected versus control tasks (activeseg.uncertainty.control.compare_error_rates)."""
+
+    selected_tasks: int
+    control_tasks: int
+    selected_error_rate: float | None = Field(description="wrong / answered pixels, pooled")
+    control_error_rate: float | None
+    ratio: float | None = Field(description="selected / control error rate")
+    ci_low: float | None = Field(description="95% cluster-bootstrap interval over tasks")
+    ci_high: float | None
+    verdict: str
+
+
+class RoundTotals(BaseModel):
+    tasks: SelectedControl
+    answered: SelectedControl
+    labelled_pixels: int = Field(description="pixels labelled by the answered tasks")
+    clicks: int = Field(description="annotation cost of the answered tasks, in clicks")
+    comparison: ErrorRateComparisonPublic
+
+
+class RoundSummary(RoundTotals):
+    number: int
+    model_version_id: int | None
+    measure: str
+    strategy: str
+    created_at: datetime
+    pool_labelled_pixels_before: int = Field(
+        description="labelled pool pixels when the round was built"
+    )
+
+
+class RegionPurity(BaseModel):
+    purity: float | None = Field(
+        description="share of held-out labelled pixels that carry their region's majority label"
+    )
+    images: int
+    pixels: int
+    region_kind: str
+    region_size: int
+    slic_sigma: float | None
+
+
+class RoundsPublic(Page[RoundSummary]):
+    cumulative: RoundTotals
+    region_purity: RegionPurity
 
 
 def _request(
@@ -128,6 +182,17 @@ def new_round(
         return _request(request, db, user, project_id, "build_queue", queue_params, body.request_id)
     params = {"model_version_id": mv_id, "then": [{"kind": "build_queue", "params": queue_params}]}
     return _request(request, db, user, project_id, "score_pool", params, body.request_id)
+
+
+@router.get("/projects/{project_id}/rounds", response_model=RoundsPublic)
+def list_rounds(project_id: RowId, user: CurrentUser, db: DbDep, store: StoreDep) -> RoundsPublic:
+    """Per round: what was queued (selected and hidden control tasks), what the answers cost
+    (pixels, clicks), and whether the queue found more of the model's wrong pixels than the
+    random controls (ratio of error rates with a 95% interval); a cumulative line over all
+    rounds; and the purity of the project's regions on its held-out images."""
+    with db.session() as s:
+        project = auth.get_project_for(s, user, project_id)
+        return RoundsPublic.model_validate(rounds.rounds_report(s, store, project))
 
 
 @router.get("/projects/{project_id}/models", response_model=Page[ModelPublic])

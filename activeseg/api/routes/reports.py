@@ -22,11 +22,12 @@ from activeseg.api.routes.images import read_limited
 from activeseg.api.routes.jobs import start_job
 from activeseg.api.schemas import NO_NUL, JobPublic, RowId
 from activeseg.core.errors import Conflict, Invalid, NotFound
-from activeseg.core.services import auth, jobs, models
+from activeseg.core.services import auth, jobs, models, rounds
 from activeseg.core.tables import JobState, ModelState, ModelVersion
 from activeseg.jobs.evaluate import latest_baseline_key, latest_report_job
 from activeseg.reports.html import render_html
 from activeseg.reports.learning_curve import aggregate_baseline, parse_baseline_csv
+from activeseg.reports.rounds import rounds_section
 
 router = APIRouter(tags=["reports"], responses=error_responses(403, 404, 409, 413))
 
@@ -61,21 +62,30 @@ def _not_computed(s: Session, mv: ModelVersion) -> NotFound:
     return NotFound(f"the report of model version {mv.id} is not computed yet: {how}")
 
 
-def _report_of(s: Session, user: Any, model_id: int) -> dict[str, Any]:
+def _report_of(s: Session, user: Any, model_id: int, live: bool = False) -> dict[str, Any]:
+    """The stored report; with ``live``, plus the ``rounds`` section (it changes with every
+    answer, so it is read when served rather than stored with the report)."""
     mv = models.get_model_for(s, user, model_id)
     if mv.report is None:
         raise _not_computed(s, mv)
-    return dict(mv.report)
+    report = dict(mv.report)
+    if live:
+        report["rounds"] = rounds_section(
+            rounds.round_summaries(s, mv.project_id), rounds.cumulative_summary(s, mv.project_id)
+        )
+    return report
 
 
 @router.get("/models/{model_id}/report", response_model=dict[str, Any])
 def get_report(model_id: RowId, user: CurrentUser, db: DbDep) -> dict[str, Any]:
     """The stored report of a model version: ``calibration`` (ECE/MCE/Brier/NLL before and
-    after temperature scaling, reliability bins), ``error_detection`` (AUROC/AUPR per measure,
-    verdict), ``shift``, ``learning_curve`` and ``plots`` (names; fetch
-    ``/models/{id}/plots/{name}.png``). 404 while it is not computed yet."""
+    after temperature scaling, reliability bins; also on foreground pixels and per region),
+    ``error_detection`` (AUROC/AUPR per measure over pixels, foreground pixels and regions,
+    verdict), ``shift``, ``learning_curve``, ``rounds`` (selected vs random control tasks per
+    round, read live) and ``plots`` (names; fetch ``/models/{id}/plots/{name}.png``). 404 while
+    it is not computed yet."""
     with db.session() as s:
-        return _report_of(s, user, model_id)
+        return _report_of(s, user, model_id, live=True)
 
 
 @router.post(
@@ -113,7 +123,7 @@ def recompute_report(
 def report_html(model_id: RowId, user: CurrentUser, db: DbDep, store: StoreDep) -> HTMLResponse:
     """The report as one self-contained HTML page (plots embedded as base64 PNG)."""
     with db.session() as s:
-        report = _report_of(s, user, model_id)
+        report = _report_of(s, user, model_id, live=True)
     plots = {name: store.get(key) for name, key in (report.get("plots") or {}).items()}
     return HTMLResponse(render_html(report, plots))
 

@@ -109,7 +109,7 @@ def _recent_queue_counts(s: Any, project_id: int) -> dict[str, int]:
 
 def _lease_payload(s: Any, store: Any, project: Project, task: Task) -> TaskLease:
     image = s.get(Image, task.image_id)
-    _, regions = region_set(s, store, image, task.region_kind, task.region_size)
+    _, regions = region_set(s, store, image, task.region_kind, task.region_size, task.region_sigma)
     y0, x0, y1, x1 = tasks.task_bbox(regions, task.regions)
     my, mx = max(8, (y1 - y0) // 2), max(8, (x1 - x0) // 2)
     crop = [max(0, y0 - my), max(0, x0 - mx), min(image.height, y1 + my), min(image.width, x1 + mx)]

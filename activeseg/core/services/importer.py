@@ -8,7 +8,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from activeseg.core.imaging import encode_png
-from activeseg.core.project_config import ClassDef, ProjectSettings
+from activeseg.core.project_config import ClassDef, ModelSettings, ProjectSettings
 from activeseg.core.services import labels
 from activeseg.core.services.images import UploadedFile, upload_images
 from activeseg.core.services.projects import create_project
@@ -24,14 +24,37 @@ class Imported:
     ground_truth: dict[int, np.ndarray]  # image id -> full mask (kept out of the labels)
 
 
-def split_for(index: int, n: int, val_fraction: float, test_fraction: float) -> Split:
-    """Deterministic split: the first images of the list go to test, then val, then pool."""
+def splits_for(n: int, val_fraction: float, test_fraction: float, seed: int = 0) -> list[Split]:
+    """The split of each of ``n`` images: ``round(n * test_fraction)`` test,
+    ``round(n * val_fraction)`` val, the rest pool, placed by a permutation drawn from
+    ``np.random.default_rng(seed)`` (the project's ``seed`` setting). The same seed always
+    gives the same split; another seed gives another one, so runs over several seeds do not
+    all evaluate on the same images."""
     n_test, n_val = round(n * test_fraction), round(n * val_fraction)
-    if index < n_test:
-        return Split.test
-    if index < n_test + n_val:
-        return Split.val
-    return Split.pool
+    order = np.random.default_rng(seed).permutation(n)  # order[i]: the slot of image i
+    return [
+        Split.test if slot < n_test else Split.val if slot < n_test + n_val else Split.pool
+        for slot in order.tolist()
+    ]
+
+
+def split_for(
+    index: int, n: int, val_fraction: float, test_fraction: float, seed: int = 0
+) -> Split:
+    """The split of image ``index`` of ``n`` (see :func:`splits_for`; O(n) a call, so use
+    :func:`splits_for` for a whole list)."""
+    return splits_for(n, val_fraction, test_fraction, seed)[index]
+
+
+def with_dataset_defaults(settings: ProjectSettings, dataset: Dataset) -> ProjectSettings:
+    """``settings`` with the dataset's model defaults (e.g. digits: no flips or rotations) for
+    every model setting the caller did not set explicitly."""
+    model = settings.model
+    unset = {k: v for k, v in dataset.model_defaults.items() if k not in model.model_fields_set}
+    if not unset:
+        return settings
+    merged = {**model.model_dump(exclude_unset=True), **unset}
+    return settings.model_copy(update={"model": ModelSettings.model_validate(merged)})
 
 
 def import_dataset(
@@ -50,16 +73,18 @@ def import_dataset(
 ) -> Imported:
     """Create project ``name`` with every sample of ``dataset``. Val and test images get their
     ground-truth masks as label revisions (held-out evaluation needs labels); pool images stay
-    unlabelled unless ``label_pool`` (fully supervised baseline)."""
+    unlabelled unless ``label_pool`` (fully supervised baseline). The split is a permutation
+    seeded with ``settings.seed`` (:func:`splits_for`)."""
     classes = [ClassDef(id=c.id, name=c.name, colour=c.colour) for c in dataset.classes]
+    settings = with_dataset_defaults(settings, dataset)
     project = create_project(
         session, owner, name, classes, f"imported from {dataset.name}", settings
     )
     samples = list(dataset)
     images: list[Image] = []
     truth: dict[int, np.ndarray] = {}
-    for i, sample in enumerate(samples):
-        split = split_for(i, len(samples), val_fraction, test_fraction)
+    splits = splits_for(len(samples), val_fraction, test_fraction, settings.seed)
+    for sample, split in zip(samples, splits, strict=True):
         [result] = upload_images(
             session,
             store,

@@ -54,8 +54,9 @@ def project_in_channels(session: Session, project_id: int) -> int:
 def model_config_for(project: Project, in_channels: int, settings: Settings) -> ModelConfig:
     from activeseg.models.config import ModelConfig
 
+    # Every project model setting is a ModelConfig field (init modes too: a version records
+    # how it was started); old stored keys were mapped when ProjectSettings validated.
     model = ProjectSettings.model_validate(project.settings).model.model_dump()
-    model.pop("warm_start")
     return ModelConfig(
         in_channels=in_channels,
         n_classes=len(project.classes),

@@ -87,7 +87,7 @@ def update_project(
         project.classes = new
     if settings_patch:
         if not isinstance(settings_patch.get("model") or {}, dict):
-            raise Invalid('settings.model must be an object of model settings, e.g. {"epochs": 5}')
+            raise Invalid('settings.model must be an object of model settings, e.g. {"steps": 300}')
         try:
             project.settings = merge_settings(project.settings, settings_patch).model_dump()
         except ValidationError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import threading
 from collections import OrderedDict
 
@@ -14,15 +15,43 @@ from sqlalchemy.orm import Session
 from activeseg.core.imaging import decode_image
 from activeseg.core.storage import BlobStore
 from activeseg.core.tables import Image, RegionSet
-from activeseg.uncertainty.regions import RegionMap, grid_regions, region_stats, slic_regions
+from activeseg.uncertainty.regions import (
+    RegionMap,
+    expected_region_count,
+    grid_regions,
+    region_count_off,
+    region_stats,
+    slic_regions,
+)
+
+log = logging.getLogger(__name__)
 
 
-def compute_region_map(image: np.ndarray, kind: str, size: int) -> RegionMap:
+def region_sigma(kind: str, sigma: float) -> float:
+    """The smoothing that names a region map: grid tiles ignore it, so they store 0."""
+    return 0.0 if kind == "grid" else float(sigma)
+
+
+def compute_region_map(image: np.ndarray, kind: str, size: int, sigma: float = 0.0) -> RegionMap:
     """``image`` uint8 [H, W] or [H, W, 3] -> its region map; ``size`` is the tile side or the
-    target side of a superpixel."""
+    target side of a superpixel, ``sigma`` SLIC's Gaussian smoothing in pixels (0 = none)."""
     if kind == "grid":
         return grid_regions(image.shape[0], image.shape[1], size)
-    return slic_regions(image, region_size=size)
+    return slic_regions(image, region_size=size, sigma=sigma)
+
+
+def region_count_warning(image: Image, regions: RegionMap, kind: str, size: int) -> str | None:
+    """A sentence when ``image`` holds far fewer or far more regions (below half, above twice)
+    than ``size`` implies, else None. Logged and reported by the jobs that read region maps."""
+    expected = expected_region_count(image.height, image.width, size)
+    if kind == "grid" or not region_count_off(regions.n_regions, expected):
+        return None
+    message = (
+        f"image {image.id} ({image.height}x{image.width}) has {regions.n_regions} "
+        f"{kind} regions where region_size {size} implies about {expected:.0f}"
+    )
+    log.warning("region count off: %s", message)
+    return message
 
 
 def encode_region_map(regions: RegionMap) -> bytes:
@@ -76,33 +105,39 @@ REGION_MAPS = RegionMapCache()
 
 
 def region_set(
-    session: Session, store: BlobStore, image: Image, kind: str, size: int
+    session: Session, store: BlobStore, image: Image, kind: str, size: int, sigma: float = 0.0
 ) -> tuple[RegionSet, RegionMap]:
     """The stored region map of ``image``, computing and storing it on first use.
 
-    Two workers racing on one image compute the same map (SLIC is deterministic); the unique
-    constraint keeps one row and the loser reads the winner's.
+    A map is named by (image, kind, size, sigma): changing the project's ``slic_sigma`` makes
+    new maps and leaves the old ones to the tasks that were queued on them (a task keeps its
+    ``region_sigma``). Two workers racing on one image compute the same map (SLIC is
+    deterministic); the unique constraint keeps one row and the loser reads the winner's.
     """
-    row = session.scalar(
-        select(RegionSet).where(
-            RegionSet.image_id == image.id, RegionSet.kind == kind, RegionSet.size == size
-        )
+    sigma = region_sigma(kind, sigma)
+    same = (
+        RegionSet.image_id == image.id,
+        RegionSet.kind == kind,
+        RegionSet.size == size,
+        RegionSet.sigma == sigma,
     )
+    row = session.scalar(select(RegionSet).where(*same))
     if row is not None:
         return row, REGION_MAPS.get(store, row.blob_key)
-    regions = compute_region_map(decode_image(store.get(image.blob_key)), kind, size)
+    regions = compute_region_map(decode_image(store.get(image.blob_key)), kind, size, sigma)
     key = store.put(encode_region_map(regions))
     row = RegionSet(
-        image_id=image.id, kind=kind, size=size, n_regions=regions.n_regions, blob_key=key
+        image_id=image.id,
+        kind=kind,
+        size=size,
+        sigma=sigma,
+        n_regions=regions.n_regions,
+        blob_key=key,
     )
     try:
         with session.begin_nested():
             session.add(row)
     except IntegrityError:
-        row = session.scalar(
-            select(RegionSet).where(
-                RegionSet.image_id == image.id, RegionSet.kind == kind, RegionSet.size == size
-            )
-        )
+        row = session.scalar(select(RegionSet).where(*same))
         assert row is not None
     return row, regions

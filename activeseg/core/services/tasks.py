@@ -13,11 +13,21 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from activeseg.core.errors import Conflict, Invalid, NotFound
+from activeseg.core.heatmaps import decode_heatmaps
 from activeseg.core.imaging import check_mask_values
 from activeseg.core.services import labels
 from activeseg.core.services.regions import region_set
 from activeseg.core.storage import BlobStore
-from activeseg.core.tables import Image, LabelRevision, Project, Task, TaskState, User
+from activeseg.core.tables import (
+    Image,
+    ImageScore,
+    LabelRevision,
+    Project,
+    Task,
+    TaskState,
+    User,
+)
+from activeseg.uncertainty.annotation_cost import answer_errors, patch_clicks, region_clicks
 from activeseg.uncertainty.regions import RegionMap
 
 QUEUED, LEASED = TaskState.queued.value, TaskState.leased.value
@@ -158,7 +168,12 @@ def submit(
     sub: Submission,
 ) -> tuple[LabelRevision, bool]:
     """Store the answer as a new label revision of the image. Returns ``(revision, created)``;
-    the same idempotency key returns the first revision and stores nothing."""
+    the same idempotency key returns the first revision and stores nothing.
+
+    The task also keeps what the answer cost and revealed: ``answered_pixels`` (pixels it
+    labels), ``model_wrong_pixels`` (of those, where the model version that queued the task
+    predicted another class; NULL without one) and ``clicks``
+    (:mod:`activeseg.uncertainty.annotation_cost`)."""
     if sub.idempotency_key:
         key = f"task:{task.id}:{sub.idempotency_key}"
         done = session.scalar(select(LabelRevision).where(LabelRevision.idempotency_key == key))
@@ -178,7 +193,9 @@ def submit(
         .execution_options(populate_existing=True)
     )
     assert image is not None
-    _, regions = region_set(session, store, image, task.region_kind, task.region_size)
+    _, regions = region_set(
+        session, store, image, task.region_kind, task.region_size, task.region_sigma
+    )
     ids = [int(r) for r in task.regions]
     n_classes = len(project.classes)
     mask = labels.current_mask(session, store, image).copy()
@@ -197,6 +214,10 @@ def submit(
             table[region] = cls
         inside = np.isin(regions.labels, ids)
         mask[inside] = table[regions.labels[inside]]
+        y0, x0, y1, x1 = task_bbox(regions, ids)
+        window_labels = regions.labels[y0:y1, x0:x1]
+        answer = np.where(np.isin(window_labels, ids), table[window_labels], 255)
+        clicks = region_clicks(len(ids))
     else:
         assert sub.patch is not None
         y0, x0, y1, x1 = task_bbox(regions, ids)
@@ -211,6 +232,13 @@ def submit(
             raise Invalid("the patch labels pixels outside the task's regions; set them to 255")
         window = mask[y0:y1, x0:x1]
         window[inside] = sub.patch[inside]
+        answer = sub.patch
+        clicks = patch_clicks(sub.patch)
+    prediction = _queuing_prediction(session, store, task, image)
+    task.answered_pixels, task.model_wrong_pixels = answer_errors(
+        answer, None if prediction is None else prediction[y0:y1, x0:x1]
+    )
+    task.clicks = clicks
     rev = labels.save_revision(
         session,
         store,
@@ -231,6 +259,29 @@ def submit(
         .values(labels_since_retrain=Project.labels_since_retrain + 1)
     )
     return rev, True
+
+
+def _queuing_prediction(
+    session: Session, store: BlobStore, task: Task, image: Image
+) -> np.ndarray | None:
+    """uint8 ``[H, W]`` classes predicted for ``image`` by the model version that queued
+    ``task`` (from its score blob), or None: no model (a random round), or no stored scores."""
+    if task.model_version_id is None:
+        return None
+    key = session.scalar(
+        select(ImageScore.heatmap_key)
+        .where(
+            ImageScore.model_version_id == task.model_version_id,
+            ImageScore.image_id == image.id,
+        )
+        .limit(1)
+    )
+    if key is None:
+        return None
+    prediction = decode_heatmaps(store.get(key)).get("prediction")
+    if prediction is None or prediction.shape != (image.height, image.width):
+        return None
+    return prediction
 
 
 def queue_counts(session: Session, project_id: int) -> dict[str, int]:
