@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/label_efficiency.py --quick     # < 5 min: digits, 1 seed, dominant label
     python benchmarks/label_efficiency.py             # digits + nuclei, 5 seeds, both protocols
-        [--datasets digits,nuclei] [--seeds 0,1,2,3,4] [--protocols dominant,exact]
+        [--datasets digits,nuclei] [--seeds 0,1,2,3,4] [--protocols dominant,exact] [--budget N]
         [--methods random,entropy,margin,bald,ensemble] [--jobs 2]
         [--out benchmarks/out/label_efficiency] [--no-docs] [--analyse-only]
 
@@ -60,7 +60,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -164,7 +164,7 @@ def quick_plan() -> Plan:
 def full_plan() -> Plan:
     return Plan(
         datasets={
-            # 64 x 64 canvases, 11 classes; about 28 superpixels each, 4,200 in the pool.
+            # 64 x 64 canvases, 11 classes; about 22 superpixels each, 3,300 in the pool.
             "digits": DatasetPlan(
                 pool=150, val=40, test=200, budget=100, rounds=4, model=DIGITS_MODEL
             ),
@@ -620,10 +620,17 @@ def analyse(rows: list[dict[str, Any]], full: list[dict[str, Any]], plan: Plan) 
                         if s in curves["random"]
                     ]
                     m, lo, hi = paired_ci(diffs)
-                    verdict = (
-                        "**better**" if lo > 0 else "**worse**" if hi < 0 else "no difference shown"
-                    )
-                    gain = f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}] {verdict}"
+                    if math.isnan(lo):
+                        gain = f"{m:+.3f} (one seed: no interval)"
+                    else:
+                        verdict = (
+                            "**better**"
+                            if lo > 0
+                            else "**worse**"
+                            if hi < 0
+                            else "no difference shown"
+                        )
+                        gain = f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}] {verdict}"
                 last = [c[-1] for c in per_seed.values()]
                 out.append(
                     f"| {name} | {' / '.join(f'{v:.3f}' for v in mean_miou)} | "
@@ -721,6 +728,7 @@ def main() -> None:
     parser.add_argument("--seeds", help="comma list, e.g. 0,1,2,3,4")
     parser.add_argument("--protocols", help="comma list: dominant,exact")
     parser.add_argument("--methods", help="comma list: " + ",".join(METHODS))
+    parser.add_argument("--budget", type=int, help="regions per round, for every dataset")
     parser.add_argument("--jobs", type=int, default=2, help="units run in parallel")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/out/label_efficiency")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/*.png")
@@ -733,6 +741,10 @@ def main() -> None:
         plan.datasets = {d: full_plan().datasets[d] for d in args.datasets.split(",")}
     if args.seeds:
         plan.seeds = [int(s) for s in args.seeds.split(",")]
+    if args.budget:
+        plan.datasets = {
+            name: replace(dp, budget=args.budget) for name, dp in plan.datasets.items()
+        }
     if args.protocols:
         plan.protocols = args.protocols.split(",")
     if args.methods:

@@ -223,8 +223,8 @@ def _demo_project(host: str, port: int) -> None:
 
 
 SIMULATE_STEPS = 300
-"""``simulate``'s optimiser steps per retrain: a fifth of a project's default, so that
-``--rounds 2 --budget 20`` on digits stays within a few minutes on a laptop CPU."""
+"""``simulate``'s optimiser steps per retrain: under a third of a project's default (1000), so
+that ``--rounds 2 --budget 20`` on digits stays within a few minutes on a laptop CPU."""
 
 
 class AnnotatorProtocol(StrEnum):
