@@ -8,6 +8,7 @@ pixels the model got wrong).
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -22,7 +23,12 @@ def encode_heatmaps(maps: dict[str, np.ndarray], prediction: np.ndarray) -> byte
     return buf.getvalue()
 
 
-def decode_heatmaps(data: bytes) -> dict[str, np.ndarray]:
-    """The inverse of :func:`encode_heatmaps`: name -> ``[H, W]`` array."""
+def decode_heatmaps(data: bytes, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """The inverse of :func:`encode_heatmaps`: name -> ``[H, W]`` array.
+
+    ``names`` decodes only those members that are present (the npz members are compressed
+    one by one, so a reader of ``prediction`` alone, such as every task submission, does not
+    decompress the ten uncertainty maps beside it)."""
     with np.load(io.BytesIO(data)) as npz:
-        return {k: npz[k] for k in npz.files}
+        wanted = npz.files if names is None else [k for k in names if k in npz.files]
+        return {k: npz[k] for k in wanted}

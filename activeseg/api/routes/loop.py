@@ -295,6 +295,7 @@ def prediction_png(
         classes = list(project.classes)
     if row is None:
         raise NotFound(f"image {image_id} has not been scored by the active model yet")
-    prediction = decode_heatmaps(store.get(row.heatmap_key))["prediction"].astype(np.uint8)
+    prediction = decode_heatmaps(store.get(row.heatmap_key), ["prediction"])["prediction"]
+    prediction = prediction.astype(np.uint8)
     body = encode_png(prediction if raw else colourise(prediction, classes))
     return Response(body, media_type="image/png")

@@ -278,7 +278,7 @@ def _queuing_prediction(
     )
     if key is None:
         return None
-    prediction = decode_heatmaps(store.get(key)).get("prediction")
+    prediction = decode_heatmaps(store.get(key), ["prediction"]).get("prediction")
     if prediction is None or prediction.shape != (image.height, image.width):
         return None
     return prediction
