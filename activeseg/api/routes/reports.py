@@ -70,9 +70,7 @@ def _report_of(s: Session, user: Any, model_id: int, live: bool = False) -> dict
         raise _not_computed(s, mv)
     report = dict(mv.report)
     if live:
-        report["rounds"] = rounds_section(
-            rounds.round_summaries(s, mv.project_id), rounds.cumulative_summary(s, mv.project_id)
-        )
+        report["rounds"] = rounds_section(*rounds.summaries(s, mv.project_id))
     return report
 
 

@@ -88,11 +88,15 @@ def round_summaries(session: Session, project_id: int) -> list[dict[str, Any]]:
     control tasks, their ratio, its 95% cluster-bootstrap interval and a verdict sentence).
     Day-one random rounds have no model, hence no comparison ("too few control answers").
     """
+    return _round_summaries(session, project_id, _task_rows(session, project_id))
+
+
+def _round_summaries(session: Session, project_id: int, tasks: list[Any]) -> list[dict[str, Any]]:
     rounds = list(
         session.scalars(select(Round).where(Round.project_id == project_id).order_by(Round.number))
     )
     by_round: dict[int, list[Any]] = defaultdict(list)
-    for row in _task_rows(session, project_id):
+    for row in tasks:
         by_round[row.round_id].append(row)
     out: list[dict[str, Any]] = []
     for rnd in rounds:
@@ -115,10 +119,19 @@ def round_summaries(session: Session, project_id: int) -> list[dict[str, Any]]:
 
 def cumulative_summary(session: Session, project_id: int) -> dict[str, Any]:
     """The same totals and comparison as a round's, pooled over every round so far."""
-    tasks = _task_rows(session, project_id)
+    return _cumulative(_task_rows(session, project_id))
+
+
+def _cumulative(tasks: list[Any]) -> dict[str, Any]:
     totals = _totals(tasks)
     rows = totals.pop("comparison_rows")
     return {**totals, "comparison": _comparison(rows, seed=0)}
+
+
+def summaries(session: Session, project_id: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``(round_summaries, cumulative_summary)`` from one read of the project's task rows."""
+    tasks = _task_rows(session, project_id)
+    return _round_summaries(session, project_id, tasks), _cumulative(tasks)
 
 
 def region_purity(session: Session, store: BlobStore, project: Project) -> dict[str, Any]:
@@ -169,10 +182,10 @@ def region_purity(session: Session, store: BlobStore, project: Project) -> dict[
 def rounds_report(session: Session, store: BlobStore, project: Project) -> dict[str, Any]:
     """Everything ``GET /projects/{id}/rounds`` shows: the rounds, the cumulative line and
     the region purity. One read transaction (the caller's)."""
-    data = round_summaries(session, project.id)
+    data, cumulative = summaries(session, project.id)
     return {
         "data": data,
         "count": len(data),
-        "cumulative": cumulative_summary(session, project.id),
+        "cumulative": cumulative,
         "region_purity": region_purity(session, store, project),
     }
