@@ -11,12 +11,35 @@ for tiny batches where running statistics would be poor.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from activeseg.models.config import ModelConfig, Norm
+
+
+class Encoded(NamedTuple):
+    """What :meth:`UNet.encode` hands to :meth:`UNet.decode` for a batch of B images.
+
+    ``features``: bottleneck output before its dropout ``[B, C_bottleneck, h, w]``; ``skips``:
+    encoder outputs, full resolution first; ``size``: the input's ``(H, W)`` before padding.
+    """
+
+    features: torch.Tensor
+    skips: tuple[torch.Tensor, ...]
+    size: tuple[int, int]
+
+    def repeat(self, n: int) -> Encoded:
+        """The batch repeated ``n`` times (n MC-dropout samples in one forward pass)."""
+        if n == 1:
+            return self
+        return Encoded(
+            self.features.repeat(n, 1, 1, 1),
+            tuple(skip.repeat(n, 1, 1, 1) for skip in self.skips),
+            self.size,
+        )
 
 
 def _norm(kind: Norm, channels: int) -> nn.Module:
@@ -106,8 +129,13 @@ class UNet(nn.Module):
             dropout_blocks=config.dropout_blocks,
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: float ``[B, in_channels, H, W]`` -> logits ``[B, n_classes, H, W]``."""
+    def encode(self, x: torch.Tensor) -> Encoded:
+        """The deterministic half: encoder and bottleneck, up to the first dropout position.
+
+        Dropout never sits before the bottleneck's output, so MC-dropout sampling can encode a
+        batch once and :meth:`decode` it T times; the RNG draws the same masks in the same order
+        as T full forward passes, so the logits are the same.
+        """
         height, width = x.shape[-2:]
         multiple = 2**self.depth
         pad_h, pad_w = -height % multiple, -width % multiple
@@ -119,12 +147,25 @@ class UNet(nn.Module):
             x = encoder(x)
             skips.append(x)
             x = self.pool(x)
-        x = self.bottleneck_dropout(self.bottleneck(x))
+        return Encoded(self.bottleneck(x), tuple(skips), (height, width))
+
+    def decode(self, encoded: Encoded) -> torch.Tensor:
+        """Dropouts, decoder and head: :class:`Encoded` -> logits ``[B, n_classes, H, W]``."""
+        x = self.bottleneck_dropout(encoded.features)
         for upsample, decoder, dropout, skip in zip(
-            self.upsamples, self.decoders, self.decoder_dropouts, reversed(skips), strict=True
+            self.upsamples,
+            self.decoders,
+            self.decoder_dropouts,
+            reversed(encoded.skips),
+            strict=True,
         ):
             x = dropout(decoder(torch.cat([upsample(x), skip], dim=1)))
+        height, width = encoded.size
         return self.head(x)[..., :height, :width]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: float ``[B, in_channels, H, W]`` -> logits ``[B, n_classes, H, W]``."""
+        return self.decode(self.encode(x))
 
 
 def enable_mc_dropout(model: nn.Module) -> nn.Module:

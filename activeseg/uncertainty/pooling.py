@@ -1,7 +1,9 @@
 """Pool a per-pixel uncertainty map into one score per region, and mask labelled regions.
 
 Every function reads the pixel map and the region labels once (``np.bincount`` or
-``np.maximum.at``): no loop over regions. Pooled scores are float64 ``[R]``.
+``np.maximum.at``): no loop over regions. Pooled scores are float64 ``[R]``. The reductions run
+over blocks of :data:`POOL_BLOCK_PIXELS` pixels, so the float64 and index copies that
+``np.bincount`` needs exist for one block, not for the image (288 MB each at 36 Mpx).
 
 Class-balanced pooling weights each pixel by the weight of its *predicted* class, so regions
 where the model predicts rare classes rank higher (a per-pixel form of the class-balanced
@@ -15,6 +17,7 @@ selects a ``-inf`` (or NaN) candidate, whatever the strategy.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -34,10 +37,15 @@ __all__ = [
 PoolHow = Literal["mean", "max", "class_balanced"]
 Scores = npt.NDArray[np.float64]
 
+POOL_BLOCK_PIXELS = 1 << 20
+"""Pixels reduced per block: 8 MiB of float64 weights, far below the maps being pooled."""
+
 
 def _flat_inputs(
     pixel_map: npt.ArrayLike, labels: npt.ArrayLike, n_regions: int, func: str
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.intp]]:
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check the inputs and return both as flat arrays of their own dtypes (views if they are
+    contiguous; the float64/intp conversions happen per block)."""
     values = np.asarray(pixel_map)
     lab = np.asarray(labels)
     if values.shape != lab.shape or values.ndim != 2:
@@ -49,13 +57,27 @@ def _flat_inputs(
         raise ValueError(f"{func}: labels must be integer region ids, got dtype {lab.dtype}")
     if n_regions < 1:
         raise ValueError(f"{func}: n_regions must be >= 1, got {n_regions}")
-    flat = lab.ravel().astype(np.intp, copy=False)
+    flat = lab.ravel()
     if flat.size and (int(flat.min()) < 0 or int(flat.max()) >= n_regions):
         raise ValueError(
             f"{func}: region ids must lie in 0..{n_regions - 1}, got "
             f"{int(flat.min())}..{int(flat.max())}"
         )
-    return values.ravel().astype(np.float64, copy=False), flat
+    return values.ravel(), flat
+
+
+def _blocks(size: int) -> Iterator[slice]:
+    for start in range(0, size, POOL_BLOCK_PIXELS):
+        yield slice(start, start + POOL_BLOCK_PIXELS)
+
+
+def _region_sums(flat: np.ndarray, n_regions: int, weights: np.ndarray | None = None) -> Scores:
+    """``np.bincount(flat, weights, minlength=n_regions)`` as float64, block by block."""
+    out = np.zeros(n_regions, np.float64)
+    for block in _blocks(flat.size):
+        w = None if weights is None else weights[block].astype(np.float64, copy=False)
+        out += np.bincount(flat[block].astype(np.intp, copy=False), w, minlength=n_regions)
+    return out
 
 
 def _divide(num: npt.ArrayLike, den: npt.ArrayLike) -> Scores:
@@ -73,8 +95,7 @@ def pool_mean(pixel_map: npt.ArrayLike, labels: npt.ArrayLike, n_regions: int) -
     Regions without pixels get NaN.
     """
     values, flat = _flat_inputs(pixel_map, labels, n_regions, "pool_mean")
-    sums = np.bincount(flat, weights=values, minlength=n_regions)
-    return _divide(sums, np.bincount(flat, minlength=n_regions))
+    return _divide(_region_sums(flat, n_regions, values), _region_sums(flat, n_regions))
 
 
 def pool_max(pixel_map: npt.ArrayLike, labels: npt.ArrayLike, n_regions: int) -> Scores:
@@ -84,7 +105,8 @@ def pool_max(pixel_map: npt.ArrayLike, labels: npt.ArrayLike, n_regions: int) ->
     """
     values, flat = _flat_inputs(pixel_map, labels, n_regions, "pool_max")
     out = np.full(n_regions, -np.inf)
-    np.maximum.at(out, flat, values)
+    for block in _blocks(flat.size):
+        np.maximum.at(out, flat[block], values[block].astype(np.float64, copy=False))
     return out
 
 
@@ -146,9 +168,14 @@ def pool_class_balanced_mean(
         raise ValueError(f"predicted_class must hold class ids in 0..{weights.size - 1}")
     if np.any(weights < 0) or not np.all(np.isfinite(weights)):
         raise ValueError("class_weights must be finite and >= 0")
-    pixel_w = weights[pred.ravel()]
-    num = np.bincount(flat, weights=pixel_w * values, minlength=n_regions)
-    den = np.bincount(flat, weights=pixel_w, minlength=n_regions)
+    pred_flat = pred.ravel()
+    num = np.zeros(n_regions, np.float64)
+    den = np.zeros(n_regions, np.float64)
+    for block in _blocks(flat.size):
+        pixel_w = weights[pred_flat[block]]
+        index = flat[block].astype(np.intp, copy=False)
+        num += np.bincount(index, pixel_w * values[block], minlength=n_regions)
+        den += np.bincount(index, pixel_w, minlength=n_regions)
     return _divide(num, den)
 
 

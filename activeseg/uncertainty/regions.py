@@ -21,6 +21,8 @@ from skimage.segmentation import slic
 from skimage.util import img_as_float
 
 __all__ = [
+    "SLIC_MAX_UNTILED_PIXELS",
+    "SLIC_TILE",
     "RegionMap",
     "expected_region_count",
     "grid_regions",
@@ -30,6 +32,14 @@ __all__ = [
     "relabel_contiguous",
     "slic_regions",
 ]
+
+
+SLIC_MAX_UNTILED_PIXELS = 2048 * 2048
+"""Images with more pixels are segmented tile by tile. SLIC holds about 60 bytes per pixel
+(float64 RGB and Lab copies, distances, labels): 250 MB at 4 Mpx, 2 GB at 36 Mpx."""
+
+SLIC_TILE = 1024
+"""Target tile side in pixels for tiled SLIC (rounded to a multiple of the region side)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -202,6 +212,7 @@ def slic_regions(
     region_size: int | None = None,
     compactness: float = 10.0,
     sigma: float = 0.0,
+    max_untiled_pixels: int = SLIC_MAX_UNTILED_PIXELS,
 ) -> RegionMap:
     """SLIC superpixels (Achanta et al. 2012) via ``skimage.segmentation.slic``.
 
@@ -216,6 +227,9 @@ def slic_regions(
         sigma: width (pixels) of the Gaussian smoothing applied before segmenting; 0 = none.
             Smoothing removes pixel noise that otherwise frays superpixel borders: on digits
             at region size 12 the majority-label purity rises from 0.57 (0) to 0.66 (1).
+        max_untiled_pixels: larger images are segmented tile by tile (about
+            :data:`SLIC_TILE` px, a whole number of superpixel sides): memory is bounded by one
+            tile, and no region crosses a tile border. Smaller images are segmented whole.
 
     Returns:
         A :class:`RegionMap` with contiguous ids ``0..R-1`` (R is close to, not exactly,
@@ -253,6 +267,19 @@ def slic_regions(
         raise ValueError(f"n_segments must be >= 1, got {n_segments}")
     if not (np.isfinite(sigma) and sigma >= 0):
         raise ValueError(f"sigma must be a finite number >= 0 (0 = no smoothing), got {sigma}")
+    # the superpixel side SLIC aims at
+    side = float(region_size) if region_size else math.sqrt(height * width / n_segments)
+    if height * width <= max_untiled_pixels:
+        labels = _slic(arr, n_segments, compactness, sigma)
+    else:
+        labels = _tiled_slic(arr, side, compactness, sigma)
+    return region_stats(labels)
+
+
+def _slic(
+    arr: np.ndarray, n_segments: int, compactness: float, sigma: float
+) -> npt.NDArray[np.int32]:
+    """skimage's SLIC of one (tile of an) image -> contiguous int32 ids ``0..R-1``."""
     rgb = img_as_float(arr)
     if rgb.ndim == 2:
         rgb = np.repeat(rgb[:, :, None], 3, axis=2)
@@ -267,7 +294,41 @@ def slic_regions(
         sigma=float(sigma),
     )
     # slic's ids are contiguous in practice; relabelling is cheap and makes it a guarantee.
-    return region_stats(relabel_contiguous(labels))
+    return relabel_contiguous(labels)
+
+
+def slic_tile_edges(length: int, side: float, tile: int = SLIC_TILE) -> list[int]:
+    """Tile borders along one axis of ``length`` px for superpixels of ``side`` px.
+
+    Tiles are a whole number of superpixel sides (about ``tile`` px) so SLIC's starting grid is
+    the same in every tile; the last tile takes the remainder and is 0.5 to 1.5 tiles long, so
+    no sliver tile makes sliver regions. Returns ``[0, e1, ..., length]``.
+    """
+    step = max(1, round(tile / side)) * side
+    n = max(1, round(length / step))
+    return [round(i * step) for i in range(n)] + [length]
+
+
+def _tiled_slic(
+    arr: np.ndarray, side: float, compactness: float, sigma: float
+) -> npt.NDArray[np.int32]:
+    """SLIC tile by tile (:func:`slic_tile_edges`): one tile's float copies at a time.
+
+    Each tile is segmented alone with ``tile area / side**2`` superpixels and its ids are offset
+    by the regions before it, so ids are contiguous and no region crosses a tile border (a
+    border may cut what whole-image SLIC would have made one superpixel).
+    """
+    height, width = arr.shape[:2]
+    labels = np.empty((height, width), np.int32)
+    offset = 0
+    rows, cols = slic_tile_edges(height, side, SLIC_TILE), slic_tile_edges(width, side, SLIC_TILE)
+    for y0, y1 in zip(rows, rows[1:], strict=False):
+        for x0, x1 in zip(cols, cols[1:], strict=False):
+            n_segments = max(1, round((y1 - y0) * (x1 - x0) / side**2))
+            tile_labels = _slic(arr[y0:y1, x0:x1], n_segments, compactness, sigma)
+            np.add(tile_labels, offset, out=labels[y0:y1, x0:x1])
+            offset += int(tile_labels.max()) + 1
+    return labels
 
 
 def expected_region_count(height: int, width: int, region_size: int) -> float:
