@@ -128,3 +128,34 @@ def chromium_browser() -> Iterator[Any]:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+def untrained_version(
+    stack: Any, project_id: int, *, in_channels: int, n_classes: int, depth: int, activate: bool
+) -> int:
+    """A ready model version of freshly initialised weights (a tiny UNet, one softmax) stored
+    straight into the stack's database and blob store: for tests of what runs after training
+    (scoring, metrics) that must not spend minutes training. ``activate`` makes it the
+    project's active version."""
+    from activeseg.core.tables import ModelState, ModelVersion, Project
+    from activeseg.models.checkpoint import state_to_bytes
+    from activeseg.models.config import ModelConfig
+    from activeseg.models.unet import UNet
+
+    config = ModelConfig(
+        in_channels=in_channels, n_classes=n_classes, method="single", depth=depth, base_channels=4
+    )
+    key = stack.store.put(state_to_bytes(UNet.from_config(config).state_dict()))
+    with stack.db.session() as s:
+        mv = ModelVersion(
+            project_id=project_id,
+            version=1,
+            state=ModelState.ready.value,
+            config=config.model_dump(),
+            member_keys=[key],
+        )
+        s.add(mv)
+        s.flush()
+        if activate:
+            s.get(Project, project_id).active_model_id = mv.id
+        return int(mv.id)

@@ -41,7 +41,7 @@ def current_user(
 ) -> User:
     if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
         raise Unauthorized("missing API token: send 'Authorization: Bearer <token>'")
-    with db.session() as s:
+    with db.read_session() as s:  # a read: on SQLite it must not queue on the write lock
         return auth.authenticate(s, creds.credentials)
 
 

@@ -1,4 +1,16 @@
-"""Engines and sessions. One engine per process; workers dispose it after fork."""
+"""Engines and sessions. One engine per process; workers dispose it after fork.
+
+Two kinds of session share the engine's pool:
+
+- :meth:`Database.session` writes. On SQLite it begins with ``BEGIN IMMEDIATE``: it takes the
+  database's single write lock up front and holds it until commit, so it must stay short
+  (no blob reads, decoding, numpy, torch or SLIC inside; big inserts go in chunks).
+- :meth:`Database.read_session` only reads. On SQLite it begins ``DEFERRED`` under
+  ``PRAGMA query_only``: in WAL mode a reader takes no lock, never waits for the writer and
+  never blocks it, and an accidental write fails at once instead of upgrading to the write
+  lock mid-transaction. On PostgreSQL it runs ``SET TRANSACTION READ ONLY``, so a job that
+  writes in a read session fails in the PostgreSQL tests as it would on SQLite.
+"""
 
 from __future__ import annotations
 
@@ -13,50 +25,94 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from activeseg.core.settings import Settings
 
+READ_ONLY = "activeseg_read_only"
+"""Execution option that marks the connections of :meth:`Database.read_session`."""
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _is_read_only(conn: Any) -> bool:
+    return bool(conn.get_execution_options().get(READ_ONLY))
+
+
+def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
+    path = make_url(url).database
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        **kwargs,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+        # WAL lets readers and the one writer run at once; foreign keys are off by default.
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _sqlite_begin(conn: Any) -> None:
+        read_only = _is_read_only(conn)
+        # query_only belongs to the pooled DB-API connection: set it only when this
+        # transaction's kind differs from the last one's (the record's info survives check-in).
+        info = conn.connection.info
+        if info.get(READ_ONLY, False) != read_only:
+            conn.exec_driver_sql(f"PRAGMA query_only={int(read_only)}")
+            info[READ_ONLY] = read_only
+        # A reader begins DEFERRED: a WAL snapshot, no lock. A writer begins IMMEDIATE: it
+        # takes the write lock up front, so two writers queue on busy_timeout instead of one
+        # failing with "database is locked" when it upgrades a read to a write.
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    return engine
+
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
-        path = make_url(url).database
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs
-        )
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            # WAL lets the API read while the worker writes; foreign keys are off by default.
-            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Any) -> None:
-            # BEGIN IMMEDIATE takes the write lock up front, so two writers queue on
-            # busy_timeout instead of failing with "database is locked" on upgrade.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
+        return _sqlite_engine(url, **kwargs)
     # pool_pre_ping: a restarted PostgreSQL costs one failed ping, not a failed request.
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+
+    @event.listens_for(engine, "begin")
+    def _read_only_begin(conn: Any) -> None:
+        if _is_read_only(conn):
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+
+    return engine
 
 
 class Database:
-    """An engine and its session factory."""
+    """An engine and its two session factories (write and read-only) on one pool."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.engine = make_engine(settings.database_url)
+        # Same pool and events, with the read-only mark on every connection it hands out.
+        self.read_engine = self.engine.execution_options(**{READ_ONLY: True})
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self.read_sessionmaker = sessionmaker(
+            self.read_engine, expire_on_commit=False, autoflush=False
+        )
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session whose transaction commits on success and rolls back on error."""
+        """A write session: commits on success, rolls back on error. On SQLite it holds the
+        write lock from its first line to its last: keep slow work outside it."""
         with self.sessionmaker() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A read-only session on one consistent snapshot that blocks no writer (see the
+        module docstring). Objects stay loaded after it closes (``expire_on_commit=False``);
+        a write inside fails."""
+        with self.read_sessionmaker() as session, session.begin():
             yield session
 
     def dispose(self) -> None:

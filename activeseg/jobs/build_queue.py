@@ -21,15 +21,19 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from activeseg.core.project_config import ENSEMBLE_ONLY, ProjectSettings
-from activeseg.core.services.labels import current_mask
 from activeseg.core.services.projects import project_settings
-from activeseg.core.services.regions import region_count_warning, region_set, region_sigma
+from activeseg.core.services.regions import (
+    ensure_region_map,
+    region_count_warning,
+    region_sigma,
+)
 from activeseg.core.services.tasks import mark_stale, open_region_keys
 from activeseg.core.tables import Image, ModelVersion, Project, RegionScore, Round, Split, Task
 from activeseg.integrations.webhooks import notify
+from activeseg.jobs.retrain import read_mask, with_mask_key
 from activeseg.jobs.runner import JobContext
 from activeseg.uncertainty.pooling import labelled_fraction
 from activeseg.uncertainty.selection import draw_controls, interleave, select_regions
@@ -76,7 +80,7 @@ def plan_round(
 def build_queue(
     ctx: JobContext, model_version_id: int | None = None, strategy: str | None = None
 ) -> dict[str, Any]:
-    with ctx.db.session() as s:
+    with ctx.db.read_session() as s:
         done = s.scalar(select(Round).where(Round.job_id == ctx.job_id))
         if done is not None:  # redelivered after the round was committed
             return {"round": done.number, "tasks": done.n_tasks}
@@ -86,15 +90,17 @@ def build_queue(
         mv_id = model_version_id or project.active_model_id
         mv = s.get(ModelVersion, mv_id) if mv_id else None
         images = list(
-            s.scalars(
-                select(Image)
-                .where(
-                    Image.project_id == project.id,
-                    Image.split == Split.pool.value,
-                    Image.labelled_fraction < 1.0,
+            s.execute(
+                with_mask_key(
+                    select(Image)
+                    .where(
+                        Image.project_id == project.id,
+                        Image.split == Split.pool.value,
+                        Image.labelled_fraction < 1.0,
+                    )
+                    .order_by(Image.id)
                 )
-                .order_by(Image.id)
-            )
+            ).all()
         )
         busy = open_region_keys(s, project.id, mv.id if mv is not None else None)
         number = (
@@ -112,7 +118,7 @@ def build_queue(
     centroids: list[np.ndarray] = []
     scores_by_image: dict[int, dict[int, tuple[float, int]]] = {}
     if mv is not None:
-        with ctx.db.session() as s:
+        with ctx.db.read_session() as s:
             for image_id, region, value, cls in s.execute(
                 select(
                     RegionScore.image_id,
@@ -124,12 +130,11 @@ def build_queue(
                 scores_by_image.setdefault(image_id, {})[region] = (value, cls)
     sigma = region_sigma(settings.region_kind, settings.slic_sigma)
     warnings: list[str] = []
-    for n, image in enumerate(images):
-        with ctx.db.session() as s:
-            _, regions = region_set(
-                s, ctx.store, image, settings.region_kind, settings.region_size, sigma
-            )
-            mask = current_mask(s, ctx.store, image)
+    for n, (image, mask_key) in enumerate(images):
+        regions = ensure_region_map(
+            ctx.db, ctx.store, image, settings.region_kind, settings.region_size, sigma
+        )
+        mask = read_mask(ctx.store, image, mask_key)
         warning = region_count_warning(image, regions, settings.region_kind, settings.region_size)
         if warning is not None:
             warnings.append(warning)
@@ -162,6 +167,28 @@ def build_queue(
             n_control=round(settings.batch_size * settings.control_fraction) if mv else 0,
             rng=np.random.default_rng([settings.seed, number]),
         )
+    measure_used = measure if mv is not None else "random"
+    task_rows = [
+        {
+            "project_id": project.id,
+            "image_id": cand_image[i],
+            "regions": [cand_region[i]],
+            "region_key": str(cand_region[i]),
+            "region_kind": settings.region_kind,
+            "region_size": settings.region_size,
+            "region_sigma": sigma,
+            "model_version_id": mv.id if mv else None,
+            "measure": measure_used,
+            # Leased highest first: the first of the sampled order goes first.
+            "priority": -float(position),
+            "control": bool(control),
+        }
+        for position, (i, control) in enumerate(
+            zip(order.tolist(), is_control.tolist(), strict=True)
+        )
+    ]
+    # One write transaction, rows built before it opens: the round and its tasks appear
+    # together or not at all (the round row is what a redelivered job finds).
     with ctx.db.session() as s:
         stale = mark_stale(s, project.id, mv.id if mv is not None else None)
         labelled = (
@@ -176,7 +203,7 @@ def build_queue(
             project_id=project.id,
             number=number,
             model_version_id=mv.id if mv else None,
-            measure=measure if mv is not None else "random",
+            measure=measure_used,
             strategy=use_strategy,
             n_tasks=len(order),
             labelled_pixels=int(labelled),
@@ -184,26 +211,8 @@ def build_queue(
         )
         s.add(rnd)
         s.flush()
-        for position, (i, control) in enumerate(
-            zip(order.tolist(), is_control.tolist(), strict=True)
-        ):
-            s.add(
-                Task(
-                    project_id=project.id,
-                    round_id=rnd.id,
-                    image_id=cand_image[i],
-                    regions=[cand_region[i]],
-                    region_key=str(cand_region[i]),
-                    region_kind=settings.region_kind,
-                    region_size=settings.region_size,
-                    region_sigma=sigma,
-                    model_version_id=mv.id if mv else None,
-                    measure=rnd.measure,
-                    # Leased highest first: the first of the sampled order goes first.
-                    priority=-float(position),
-                    control=bool(control),
-                )
-            )
+        if task_rows:
+            s.execute(insert(Task), [{**row, "round_id": rnd.id} for row in task_rows])
     notify(ctx, "queue.refilled", {"round": number, "tasks": len(order)})
     result: dict[str, Any] = {
         "round": number,

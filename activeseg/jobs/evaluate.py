@@ -76,7 +76,7 @@ def _held_out(
 def _history(ctx: JobContext, project_id: int, mv: ModelVersion) -> tuple[list[dict], int]:
     """Ready versions up to ``mv`` (oldest first) with their labelling effort, and the pixel
     count of the trainable (pool + train) images."""
-    with ctx.db.session() as s:
+    with ctx.db.read_session() as s:
         versions = list(
             s.scalars(
                 select(ModelVersion)
@@ -158,7 +158,7 @@ def _baseline(
 
     key = baseline_key
     if key is None:
-        with ctx.db.session() as s:
+        with ctx.db.read_session() as s:
             key = latest_baseline_key(s, project_id)
     if key is None:
         return None, None, None
@@ -191,7 +191,7 @@ def evaluate(
     if split is not None and split not in HELD_OUT_SPLITS:
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
     started = time.monotonic()
-    with ctx.db.session() as s:
+    with ctx.db.read_session() as s:
         mv = s.get(ModelVersion, model_version_id)
         if mv is None or (ctx.project_id is not None and mv.project_id != ctx.project_id):
             raise ValueError(f"model version {model_version_id} is not in project {ctx.project_id}")
@@ -201,7 +201,6 @@ def evaluate(
         assert project is not None
         project_id, project_name = project.id, project.name
         settings = project_settings(project)
-        s.expunge(mv)
     ctx.progress(0.02, "loading held-out images", force=True)
     used_split, images, masks, note = _held_out(ctx, project_id, split)
     predictor = load_predictor(ctx.store, mv, ctx.settings)

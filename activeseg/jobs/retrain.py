@@ -13,42 +13,64 @@ import logging
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import Select, and_, func, select
 from sqlalchemy.exc import IntegrityError
 
-from activeseg.core.imaging import decode_image
-from activeseg.core.services.labels import current_mask
+from activeseg.core.errors import NotFound
+from activeseg.core.imaging import decode_image, decode_index
 from activeseg.core.services.models import load_predictor, model_config_for, project_in_channels
 from activeseg.core.services.projects import project_settings
-from activeseg.core.tables import Image, ModelState, ModelVersion, Project, Split
+from activeseg.core.storage import BlobStore
+from activeseg.core.tables import Image, LabelRevision, ModelState, ModelVersion, Project, Split
 from activeseg.integrations.webhooks import notify
 from activeseg.jobs.runner import JobContext
 
 log = logging.getLogger(__name__)
 
 
+def with_mask_key(query: Select[Any]) -> Select[Any]:
+    """``query`` over :class:`Image` plus the blob key of each image's current mask (None when
+    it has no labels yet): a job reads the keys in a short read session and decodes the masks
+    after it has closed (see :mod:`activeseg.core.db`)."""
+    current = and_(
+        LabelRevision.image_id == Image.id, LabelRevision.revision == Image.current_revision
+    )
+    return query.add_columns(LabelRevision.blob_key).outerjoin(LabelRevision, current)
+
+
+def read_mask(store: BlobStore, image: Image, key: str | None) -> np.ndarray:
+    """uint8 ``[H, W]``: the mask ``key`` names (from :func:`with_mask_key`), all 255 when the
+    image has no labels yet. No session: call it after the read session closed."""
+    if key is None:
+        if image.current_revision:
+            raise NotFound(f"image {image.id} has no label revision {image.current_revision}")
+        return np.full((image.height, image.width), 255, dtype=np.uint8)
+    return decode_index(store.get(key))
+
+
 def load_split(
     ctx: JobContext, project_id: int, splits: tuple[str, ...]
 ) -> tuple[list[int], list[np.ndarray], list[np.ndarray], dict[str, int]]:
-    """Images with labels in ``splits``: ids, arrays, masks, and {image id: revision}."""
-    ids, images, masks, snapshot = [], [], [], {}
-    with ctx.db.session() as s:
+    """Images with labels in ``splits``: ids, arrays, masks, and {image id: revision}. The rows
+    come from one read session; the blobs are read and decoded after it closed."""
+    with ctx.db.read_session() as s:
         rows = list(
-            s.scalars(
-                select(Image)
-                .where(
-                    Image.project_id == project_id,
-                    Image.split.in_(splits),
-                    Image.labelled_pixels > 0,
+            s.execute(
+                with_mask_key(
+                    select(Image)
+                    .where(
+                        Image.project_id == project_id,
+                        Image.split.in_(splits),
+                        Image.labelled_pixels > 0,
+                    )
+                    .order_by(Image.id)
                 )
-                .order_by(Image.id)
-            )
+            ).all()
         )
-        for im in rows:
-            ids.append(im.id)
-            images.append(decode_image(ctx.store.get(im.blob_key)))
-            masks.append(current_mask(s, ctx.store, im))
-            snapshot[str(im.id)] = im.current_revision
+    ids = [im.id for im, _ in rows]
+    images = [decode_image(ctx.store.get(im.blob_key)) for im, _ in rows]
+    masks = [read_mask(ctx.store, im, key) for im, key in rows]
+    snapshot = {str(im.id): im.current_revision for im, _ in rows}
     return ids, images, masks, snapshot
 
 
@@ -63,16 +85,13 @@ def retrain(
     from activeseg.models.evaluation import evaluate, fit_temperature_on
     from activeseg.models.training import TrainProgress, train
 
-    with ctx.db.session() as s:
+    with ctx.db.read_session() as s:
         project = s.get(Project, ctx.project_id)
         assert project is not None
         settings = project_settings(project)
         existing = s.scalar(select(ModelVersion).where(ModelVersion.job_id == ctx.job_id))
         parent = s.get(ModelVersion, project.active_model_id) if project.active_model_id else None
         in_channels = project_in_channels(s, project.id)
-        if parent is not None:
-            s.expunge(parent)
-        s.expunge(project)
     if existing is not None and existing.state == ModelState.ready.value:
         log.info("job %s already made model version %s", ctx.job_id, existing.id)
         mv_id = existing.id
@@ -208,7 +227,7 @@ def _store_version(
         except IntegrityError:
             # Either another delivery of this job stored it first (unique job_id), or a
             # concurrent retrain took this version number: look, then try the next number.
-            with ctx.db.session() as s:
+            with ctx.db.read_session() as s:
                 mv_id = s.scalar(select(ModelVersion.id).where(ModelVersion.job_id == ctx.job_id))
             if mv_id is not None:
                 return mv_id

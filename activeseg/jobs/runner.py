@@ -25,6 +25,7 @@ from activeseg.integrations.webhooks import notify
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0
+BEAT_RETRY_S = 0.2  # first retry of a failed heartbeat; doubles up to HEARTBEAT_S
 
 
 class JobBusy(Exception):
@@ -142,17 +143,35 @@ def claim(db: Database, job_id: int, stale_after_s: float = 30.0) -> Job | None:
         return job
 
 
+def beat(db: Database, job_id: int) -> None:
+    """One heartbeat: a write transaction of one UPDATE, nothing else inside."""
+    with db.session() as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.running.value)
+            .values(heartbeat_at=datetime.now(UTC))
+        )
+
+
 def _heartbeat(db: Database, job_id: int, stop: threading.Event) -> None:
-    while not stop.wait(HEARTBEAT_S):
+    """Beat every ``HEARTBEAT_S`` until ``stop``. A beat that fails (the database busy or
+    briefly unreachable) is retried after ``BEAT_RETRY_S``, doubling up to ``HEARTBEAT_S``,
+    instead of a whole period later: a busy moment must not age the heartbeat toward
+    ``job_stale_after_s``, after which another worker may claim the running job. The job's own
+    code never holds the write lock for long (see :mod:`activeseg.core.db`), so a beat waits
+    at most one short transaction."""
+    wait, failures = HEARTBEAT_S, 0
+    while not stop.wait(wait):
         try:
-            with db.session() as s:
-                s.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.state == JobState.running.value)
-                    .values(heartbeat_at=datetime.now(UTC))
-                )
-        except Exception:  # noqa: BLE001 - a missed beat is retried on the next tick
-            log.warning("heartbeat for job %s failed", job_id, exc_info=True)
+            beat(db, job_id)
+        except Exception:  # noqa: BLE001 - retried below; the job itself goes on
+            failures += 1
+            log.warning(
+                "heartbeat for job %s failed (%d in a row)", job_id, failures, exc_info=True
+            )
+            wait = min(BEAT_RETRY_S * 2 ** (failures - 1), HEARTBEAT_S)
+        else:
+            wait, failures = HEARTBEAT_S, 0
 
 
 def run_job(
@@ -219,7 +238,7 @@ def run_job(
 
 def _after_success(ctx: JobContext, job_id: int) -> None:
     """Start the next job of a chain (``params["then"]``), and tell a waiting parent."""
-    with ctx.db.session() as s:
+    with ctx.db.read_session() as s:
         job = s.get(Job, job_id)
         assert job is not None
         then, parent_id = list(job.params.get("then") or []), job.parent_id

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
-from activeseg.core.tables import Job, ModelState, ModelVersion
+from activeseg.core.tables import Job
 from tests.conftest import Stack
 from tests.load.server import server_process
 from tests.utils import (
@@ -26,6 +26,7 @@ from tests.utils import (
     make_project,
     make_user,
     run_job_inline,
+    untrained_version,
     upload,
 )
 
@@ -143,34 +144,13 @@ def test_metrics_after_upload_queue_two_leases_and_a_submission(
     assert "/metrics" not in admin.get("/openapi.json").json()["paths"]
 
 
-def _untrained_model(stack: Stack, project_id: int) -> int:
-    """A ready model version of freshly initialised weights (a tiny UNet, one softmax)."""
-    from activeseg.models.checkpoint import state_to_bytes
-    from activeseg.models.config import ModelConfig
-    from activeseg.models.unet import UNet
-
-    config = ModelConfig(in_channels=3, n_classes=3, method="single", depth=2, base_channels=4)
-    key = stack.store.put(state_to_bytes(UNet.from_config(config).state_dict()))  # type: ignore[attr-defined]
-    with stack.db.session() as s:  # type: ignore[attr-defined]
-        mv = ModelVersion(
-            project_id=project_id,
-            version=1,
-            state=ModelState.ready.value,
-            config=config.model_dump(),
-            member_keys=[key],
-        )
-        s.add(mv)
-        s.flush()
-        return int(mv.id)
-
-
 def test_scoring_throughput_and_images_scored_come_from_the_jobs(
     stack: Stack, admin: httpx.Client
 ) -> None:
     pid = make_project(admin, n_classes=3, region_kind="grid", region_size=16)["id"]
     files = [(f"s{i}.png", image_bytes(32, 32, seed=400 + i)) for i in range(3)]
     assert upload(admin, pid, *files).status_code == 201
-    mv_id = _untrained_model(stack, pid)
+    mv_id = untrained_version(stack, pid, in_channels=3, n_classes=3, depth=2, activate=False)
     # Two images per part: the pass fans out into parts of 2 and 1 images.
     parent = run_job_inline(
         stack, pid, "score_pool", {"model_version_id": mv_id, "chunk_images": 2}

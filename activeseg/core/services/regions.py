@@ -6,13 +6,15 @@ import io
 import logging
 import threading
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from activeseg.core.imaging import decode_image
+from activeseg.core.db import Database
+from activeseg.core.imaging import decode_image, display_image
 from activeseg.core.storage import BlobStore
 from activeseg.core.tables import Image, RegionSet
 from activeseg.uncertainty.regions import (
@@ -104,28 +106,31 @@ def _nbytes(regions: RegionMap) -> int:
 REGION_MAPS = RegionMapCache()
 
 
-def region_set(
-    session: Session, store: BlobStore, image: Image, kind: str, size: int, sigma: float = 0.0
-) -> tuple[RegionSet, RegionMap]:
-    """The stored region map of ``image``, computing and storing it on first use.
-
-    A map is named by (image, kind, size, sigma): changing the project's ``slic_sigma`` makes
-    new maps and leaves the old ones to the tasks that were queued on them (a task keeps its
-    ``region_sigma``). Two workers racing on one image compute the same map (SLIC is
-    deterministic); the unique constraint keeps one row and the loser reads the winner's.
-    """
-    sigma = region_sigma(kind, sigma)
-    same = (
-        RegionSet.image_id == image.id,
+def _same_map(image_id: int, kind: str, size: int, sigma: float) -> tuple[Any, ...]:
+    return (
+        RegionSet.image_id == image_id,
         RegionSet.kind == kind,
         RegionSet.size == size,
         RegionSet.sigma == sigma,
     )
-    row = session.scalar(select(RegionSet).where(*same))
-    if row is not None:
-        return row, REGION_MAPS.get(store, row.blob_key)
-    regions = compute_region_map(decode_image(store.get(image.blob_key)), kind, size, sigma)
-    key = store.put(encode_region_map(regions))
+
+
+def _make_region_map(
+    store: BlobStore, image: Image, kind: str, size: int, sigma: float
+) -> tuple[RegionMap, str]:
+    """Decode ``image``, compute its map and store the blob: the slow part, never run by a job
+    inside a database session."""
+    # SLIC sees what the annotator sees: 16-bit and float images at their display contrast.
+    pixels = display_image(decode_image(store.get(image.blob_key)))
+    regions = compute_region_map(pixels, kind, size, sigma)
+    return regions, store.put(encode_region_map(regions))
+
+
+def _add_region_row(
+    session: Session, image: Image, kind: str, size: int, sigma: float, regions: RegionMap, key: str
+) -> RegionSet:
+    """Insert the row naming a computed map; if another worker stored one first (the unique
+    constraint), return the winner's row instead (SLIC is deterministic: same map)."""
     row = RegionSet(
         image_id=image.id,
         kind=kind,
@@ -138,6 +143,50 @@ def region_set(
         with session.begin_nested():
             session.add(row)
     except IntegrityError:
-        row = session.scalar(select(RegionSet).where(*same))
-        assert row is not None
+        found = session.scalar(select(RegionSet).where(*_same_map(image.id, kind, size, sigma)))
+        assert found is not None
+        return found
+    return row
+
+
+def region_set(
+    session: Session, store: BlobStore, image: Image, kind: str, size: int, sigma: float = 0.0
+) -> tuple[RegionSet, RegionMap]:
+    """The stored region map of ``image``, computing and storing it on first use.
+
+    A map is named by (image, kind, size, sigma): changing the project's ``slic_sigma`` makes
+    new maps and leaves the old ones to the tasks that were queued on them (a task keeps its
+    ``region_sigma``). Two workers racing on one image compute the same map (SLIC is
+    deterministic); the unique constraint keeps one row and the loser reads the winner's.
+
+    For requests, whose images were mapped when their tasks were queued. A map computed here
+    is computed inside the caller's transaction: jobs call :func:`ensure_region_map`, which
+    computes with no session open.
+    """
+    sigma = region_sigma(kind, sigma)
+    row = session.scalar(select(RegionSet).where(*_same_map(image.id, kind, size, sigma)))
+    if row is not None:
+        return row, REGION_MAPS.get(store, row.blob_key)
+    regions, key = _make_region_map(store, image, kind, size, sigma)
+    row = _add_region_row(session, image, kind, size, sigma, regions, key)
+    if row.blob_key != key:
+        return row, REGION_MAPS.get(store, row.blob_key)
     return row, regions
+
+
+def ensure_region_map(
+    db: Database, store: BlobStore, image: Image, kind: str, size: int, sigma: float = 0.0
+) -> RegionMap:
+    """:func:`region_set` for jobs, which must never hold the database while they work: look
+    the row up in a read session, compute a missing map (decode, SLIC, blob) with no session
+    open, and insert its row in a write transaction of one statement."""
+    sigma = region_sigma(kind, sigma)
+    with db.read_session() as s:
+        key = s.scalar(select(RegionSet.blob_key).where(*_same_map(image.id, kind, size, sigma)))
+    if key is not None:
+        return REGION_MAPS.get(store, key)
+    regions, key = _make_region_map(store, image, kind, size, sigma)
+    with db.session() as s:
+        row = _add_region_row(s, image, kind, size, sigma, regions, key)
+        winner = row.blob_key
+    return regions if winner == key else REGION_MAPS.get(store, winner)
