@@ -22,13 +22,14 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from activeseg.core.errors import DomainError
+from activeseg.core.imaging import decode_image, display_image
 from activeseg.datasets.base import (
     IGNORE_INDEX,
     ClassDef,
     Dataset,
     Sample,
     default_colour,
-    to_uint8,
 )
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -51,40 +52,37 @@ def _read_array(path: Path) -> np.ndarray:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An image file as uint8 ``[H, W]`` (grey) or ``[H, W, 3]`` (RGB; alpha dropped)."""
+    """An image file as uint8 ``[H, W]`` (grey) or ``[H, W, 3]`` (RGB), as an upload would be.
+
+    Decoded by ``activeseg.core.imaging.decode_image`` (orientation applied, palette expanded,
+    alpha dropped; stacks and 2 or 4+ channels refused), then mapped to 0..255 as the service
+    shows it (``display_image``: uint8 unchanged, other types by the per-image percentile
+    stretch the model uses), so a folder benchmark sees what the service would.
+    """
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            array = np.asarray(tifffile.imread(path))
-        else:
-            with Image.open(path) as opened:
-                if opened.mode in ("L", "RGB", "I;16", "I", "F"):
-                    array = np.asarray(opened)
-                elif opened.mode in ("LA", "1"):
-                    array = np.asarray(opened.convert("L"))
-                else:  # P, RGBA, CMYK, YCbCr: as the colours a person sees
-                    array = np.asarray(opened.convert("RGB"))
-    except (OSError, ValueError) as exc:
+        pixels = decode_image(path.read_bytes(), path.name)
+    except OSError as exc:
         raise FolderDatasetError(f"cannot read image {path}: {exc}") from exc
-    if array.ndim == 3 and array.shape[2] in (2, 4):  # grey+alpha or RGBA in a TIFF
-        array = array[:, :, : array.shape[2] - 1]
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
-        raise FolderDatasetError(
-            f"image {path} has shape {array.shape}; expected [H, W] grey or [H, W, 3] RGB"
-        )
-    return np.ascontiguousarray(to_uint8(array))
+    except DomainError as exc:
+        raise FolderDatasetError(f"cannot use image {path}: {exc.detail}") from exc
+    return display_image(pixels)
+
+
+_GREY_PILLOW_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+_COLOUR_PHOTOMETRIC = ("RGB", "PALETTE", "YCBCR")
 
 
 def is_colour(path: Path) -> bool:
-    """Whether an image file holds colour, from its header only (no pixel data is read)."""
+    """Whether an image file decodes to RGB (see :func:`read_image`), from its header only."""
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             with tifffile.TiffFile(path) as tif:
-                shape = tif.pages[0].shape
-            return len(shape) == 3 and shape[-1] in (3, 4)
+                page = tif.pages.first
+                samples = page.samplesperpixel - len(page.extrasamples or ())
+                photometric = tifffile.PHOTOMETRIC(page.photometric).name
+                return photometric in _COLOUR_PHOTOMETRIC or samples >= 3
         with Image.open(path) as opened:
-            return opened.mode not in ("L", "LA", "1", "I", "I;16", "F")
+            return opened.mode not in _GREY_PILLOW_MODES
     except (OSError, ValueError, IndexError) as exc:
         raise FolderDatasetError(f"cannot read image {path}: {exc}") from exc
 

@@ -4,35 +4,37 @@ Images in, probability stacks ``[S, C, H, W]`` out; weights travel as bytes. No 
 database: the worker/core layer stores what this layer returns.
 """
 
-from activeseg.models.checkpoint import (
-    build_members,
-    build_predictor,
-    state_from_bytes,
-    state_to_bytes,
-)
-from activeseg.models.config import EXAMPLE_CONFIG, ModelConfig, ModelConfigError
-from activeseg.models.device import DeviceUnavailableError, resolve_device
-from activeseg.models.evaluation import evaluate, fit_temperature_on
-from activeseg.models.inference import Predictor
-from activeseg.models.training import TrainProgress, TrainResult, train
-from activeseg.models.unet import UNet, enable_mc_dropout
+from __future__ import annotations
 
-__all__ = [
-    "EXAMPLE_CONFIG",
-    "DeviceUnavailableError",
-    "ModelConfig",
-    "ModelConfigError",
-    "Predictor",
-    "TrainProgress",
-    "TrainResult",
-    "UNet",
-    "build_members",
-    "build_predictor",
-    "enable_mc_dropout",
-    "evaluate",
-    "fit_temperature_on",
-    "resolve_device",
-    "state_from_bytes",
-    "state_to_bytes",
-    "train",
-]
+import importlib
+from typing import Any
+
+# Names resolve on first use (PEP 562): importing a light submodule such as
+# ``activeseg.models.preprocess`` (numpy only, used by the API to display images) must not
+# import torch into the API process.
+_HOME = {
+    "build_members": "checkpoint",
+    "build_predictor": "checkpoint",
+    "state_from_bytes": "checkpoint",
+    "state_to_bytes": "checkpoint",
+    "EXAMPLE_CONFIG": "config",
+    "ModelConfig": "config",
+    "ModelConfigError": "config",
+    "DeviceUnavailableError": "device",
+    "resolve_device": "device",
+    "evaluate": "evaluation",
+    "fit_temperature_on": "evaluation",
+    "Predictor": "inference",
+    "TrainProgress": "training",
+    "TrainResult": "training",
+    "train": "training",
+    "UNet": "unet",
+    "enable_mc_dropout": "unet",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)

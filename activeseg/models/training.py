@@ -25,7 +25,12 @@ from activeseg.models.checkpoint import StateDict, build_members
 from activeseg.models.config import ModelConfig
 from activeseg.models.device import resolve_device, rng_devices
 from activeseg.models.inference import consecutive_batches
-from activeseg.models.preprocess import IGNORE_INDEX, check_mask, normalise_image
+from activeseg.models.preprocess import (
+    IGNORE_INDEX,
+    check_mask,
+    intensity_range,
+    normalise_image,
+)
 from activeseg.models.unet import UNet
 
 logger = logging.getLogger(__name__)
@@ -154,11 +159,13 @@ class Augmentation:
 
 
 class PatchSampler:
-    """Draws training patches ``([C_in, h, w] float32, [h, w] int64)`` from uint8 images.
+    """Draws training patches ``([C_in, h, w] float32, [h, w] int64)`` from decoded images.
 
     Every patch contains at least one labelled pixel: its position is drawn around a labelled
     pixel picked uniformly, so sparsely labelled images keep contributing. Images smaller than
-    the patch are padded (symmetric for the image, ``IGNORE_INDEX`` for the mask).
+    the patch are padded (symmetric for the image, ``IGNORE_INDEX`` for the mask). The patch is
+    cut from the raw image and normalised with the whole image's intensity range (computed
+    once here), so it sees the same values as inference on the whole image.
     """
 
     def __init__(
@@ -174,21 +181,24 @@ class PatchSampler:
         self.patch = patch
         self.in_channels = in_channels
         self.augmentation = augmentation
+        self.ranges = [intensity_range(image) for image in images]  # [2, C] each
 
     def sample(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        image = normalise_image(self.images[index], self.in_channels)
+        raw = self.images[index]
         mask = self.masks[index]
         ph, pw = self.patch
         pad_h, pad_w = max(0, ph - mask.shape[0]), max(0, pw - mask.shape[1])
         if pad_h or pad_w:
-            image = np.pad(image, ((0, 0), (0, pad_h), (0, pad_w)), mode="symmetric")
+            channel_pad = ((0, 0),) * (raw.ndim - 2)
+            raw = np.pad(raw, ((0, pad_h), (0, pad_w), *channel_pad), mode="symmetric")
             mask = np.pad(mask, ((0, pad_h), (0, pad_w)), constant_values=IGNORE_INDEX)
         height, width = mask.shape
         labelled = np.flatnonzero(mask != IGNORE_INDEX)
         y, x = divmod(int(labelled[rng.integers(labelled.size)]), width)
         top = int(rng.integers(max(0, y - ph + 1), min(y, height - ph) + 1))
         left = int(rng.integers(max(0, x - pw + 1), min(x, width - pw) + 1))
-        image = image[:, top : top + ph, left : left + pw]
+        crop = raw[top : top + ph, left : left + pw]
+        image = normalise_image(crop, self.in_channels, self.ranges[index])
         mask = mask[top : top + ph, left : left + pw]
         if self.augmentation.any:
             image, mask = augment_pair(image, mask, rng, self.augmentation)
@@ -273,8 +283,8 @@ def validation_loss(
 ) -> float | None:
     """Mean (weighted) cross entropy over all labelled validation pixels, in eval mode.
 
-    Whole images (``[H, W(, 3)]`` uint8), batched when consecutive ones share a size. None when
-    no validation pixel is labelled.
+    Whole images (``[H, W(, 3)]``, as decoded), batched when consecutive ones share a size.
+    None when no validation pixel is labelled.
     """
     model.eval()
     total = 0.0
@@ -330,8 +340,11 @@ def _check_inputs(
     if len(images) != len(masks):
         raise ValueError(f"{what}: {len(images)} images but {len(masks)} masks")
     for index, (image, mask) in enumerate(zip(images, masks, strict=True)):
-        if image.dtype != np.uint8:
-            raise TypeError(f"{what} image {index} must be uint8, got {image.dtype}")
+        if image.dtype.kind not in "iuf":
+            raise TypeError(
+                f"{what} image {index} must hold integers or floats (uint8, uint16, float32), "
+                f"got {image.dtype}"
+            )
         check_mask(mask, image, n_classes, index)
 
 
@@ -440,11 +453,12 @@ def train(
 ) -> TrainResult:
     """Train ``config.n_members`` UNets on partially labelled masks for ``config.steps`` steps.
 
-    ``images``: uint8 ``[H, W]`` or ``[H, W, 3]``; ``masks``: uint8 ``[H, W]``, 255 =
-    unlabelled. Images without any labelled pixel are skipped. Each step takes a batch of
-    ``config.batch_size`` random patches (side ``config.patch_size``, or the largest image side
-    if smaller) from shuffled passes over the labelled images; the budget is fixed whatever the
-    number of labelled images, with linear warm-up and cosine decay (``lr_factor``). The final
+    ``images``: ``[H, W]`` or ``[H, W, 3]`` uint8, uint16 or float32 (normalised by
+    ``normalise_image``); ``masks``: uint8 ``[H, W]``, 255 = unlabelled. Images without any
+    labelled pixel are skipped. Each step takes a batch of ``config.batch_size`` random
+    patches (side ``config.patch_size``, or the largest image side if smaller) from shuffled
+    passes over the labelled images; the budget is fixed whatever the number of labelled
+    images, with linear warm-up and cosine decay (``lr_factor``). The final
     weights are returned. Validation data (``val_images``/``val_masks``, fully labelled) give
     the val losses in ``history`` every ``config.eval_every`` steps, the class weights when
     ``config.class_weights == "val"``, and, only when ``config.patience`` is set, early stopping

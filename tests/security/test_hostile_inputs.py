@@ -71,6 +71,27 @@ def png16(h: int, w: int, top: int) -> bytes:
     return encoded(arr, "PNG")
 
 
+def tiff_stack(pages: int) -> bytes:
+    """A ``pages``-page 8x8 grey TIFF (a z-stack or time series)."""
+    planes = [Image.fromarray(np.full((8, 8), 40 * i, np.uint8)) for i in range(pages)]
+    buf = io.BytesIO()
+    planes[0].save(buf, format="TIFF", save_all=True, append_images=planes[1:])
+    return buf.getvalue()
+
+
+def png16_rgb(h: int, w: int) -> bytes:
+    """A 16-bit RGB PNG (colour type 2), written by hand: Pillow cannot write one."""
+    rows = np.arange(h * w * 3, dtype=">u2").reshape(h, w * 3) * 1000
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(raw))
+        + _chunk(b"IEND", b"")
+    )
+
+
 def multipart(field: str, filename: bytes, data: bytes) -> tuple[bytes, dict[str, str]]:
     """A multipart body written by hand, so the file name reaches the server byte for byte
     (httpx would escape control characters and quotes)."""
@@ -288,10 +309,17 @@ CASES: list[Case] = [
          files(("doc.pdf", b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"))),
     Case("upload-gif", "eng", "POST", U, 415, "anim.gif: format GIF is not accepted",
          files(("anim.gif", encoded(GREY, "GIF")))),
-    Case("upload-16-bit-png", "eng", "POST", U, 415, "deep.png: pixel mode I;16 is not supported",
-         files(("deep.png", png16(32, 32, 60000)))),
-    Case("upload-float-tiff", "eng", "POST", U, 415, "float.tif: pixel mode F is not supported",
-         files(("float.tif", encoded(np.zeros((8, 8), np.float32), "TIFF")))),
+    Case("upload-tiff-stack", "eng", "POST", U, 415,
+         "stack.tif has 3 pages (a stack, time series or animation); activeseg labels "
+         "single-plane images", files(("stack.tif", tiff_stack(3)))),
+    Case("upload-nan-tiff", "eng", "POST", U, 422,
+         "nan.tif: the image holds NaN or infinite values",
+         files(("nan.tif", encoded(np.full((8, 8), np.nan, np.float32), "TIFF")))),
+    Case("upload-16-bit-colour-png", "eng", "POST", U, 415,
+         "deep.png: 16-bit colour (or grey + alpha) PNG is not supported",
+         files(("deep.png", png16_rgb(8, 8)))),
+    Case("upload-cmyk-jpeg", "eng", "POST", U, 415, "cmyk.jpg: pixel mode CMYK is not supported",
+         files(("cmyk.jpg", encoded(np.zeros((8, 8, 4), np.uint8), "JPEG", "CMYK")))),
     Case("upload-empty-file", "eng", "POST", U, 422, "empty.png: the file is empty",
          files(("empty.png", b""))),
     Case("upload-good-then-bad", "eng", "POST", U, 415, "bad.png: not an image",

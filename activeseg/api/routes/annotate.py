@@ -16,7 +16,7 @@ from activeseg.api.deps import CurrentUser, DbDep, StoreDep
 from activeseg.api.errors import error_responses
 from activeseg.api.schemas import RowId
 from activeseg.core.errors import NotFound
-from activeseg.core.imaging import decode_image, encode_png
+from activeseg.core.imaging import decode_image, display_image, encode_png
 from activeseg.core.services import images
 
 router = APIRouter(tags=["web page"], responses=error_responses(404))
@@ -68,12 +68,13 @@ def static_file(name: str) -> FileResponse:
     responses={200: {"content": {"image/png": {}}}},
 )
 def image_as_png(image_id: RowId, user: CurrentUser, db: DbDep, store: StoreDep) -> Response:
-    """The image as an 8-bit PNG, for browsers that cannot show its stored format (TIFF)."""
+    """The image as an 8-bit PNG, for browsers that cannot show its stored format (TIFF) or
+    depth (16-bit, float): upright, with the contrast the model sees (``display_image``)."""
     with db.session() as s:
         image = images.get_image_for(s, user, image_id)
         key = image.blob_key
     return Response(
-        encode_png(decode_image(store.get(key))),
+        encode_png(display_image(decode_image(store.get(key)))),
         media_type="image/png",
         headers={"Cache-Control": "private, max-age=86400"},
     )

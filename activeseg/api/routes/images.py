@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
+from starlette.concurrency import run_in_threadpool
 
 from activeseg.api.deps import CurrentUser, DbDep, Engineer, SettingsDep, StoreDep
 from activeseg.api.errors import error_responses
@@ -43,6 +44,13 @@ async def read_limited(upload: UploadFile, limit: int) -> bytes:
     response_model=UploadResponse,
     status_code=status.HTTP_201_CREATED,
     summary="Upload one or many images (PNG, JPEG, TIFF); all or nothing",
+    description=(
+        "Accepted: PNG, JPEG and single-page TIFF; grey or RGB; 8 or 16-bit integer or 32-bit "
+        "float (other number types are read as float32). Stored as uploaded. Palettes are "
+        "expanded to RGB, alpha is dropped, EXIF/TIFF orientation is applied (width and height "
+        "are upright). Refused with the reason: multi-page TIFF stacks and animations (415), "
+        "2 or 4+ channels (415), 16-bit colour PNG (415), NaN or infinity (422), CMYK (415)."
+    ),
 )
 async def upload_images(
     project_id: RowId,
@@ -58,21 +66,28 @@ async def upload_images(
         data = await read_limited(f, settings.max_upload_bytes - total)
         total += len(data)
         payload.append(images.UploadedFile(f.filename or "unnamed", data))
-    with db.session() as s:
-        project = auth.get_project_for(s, user, project_id)
-        results = images.upload_images(
-            s,
-            store,
-            project,
-            payload,
-            split=Split(split),
-            max_pixels=settings.max_image_pixels,
-            max_files=settings.max_images_per_upload,
-        )
-        items = [
-            UploadItem(image=ImagePublic.model_validate(r.image), duplicate=r.duplicate)
-            for r in results
-        ]
+    with db.session() as s:  # refuse outsiders before decoding anything
+        auth.get_project_for(s, user, project_id)
+    # Decoding and blob writes run in the thread pool (the event loop keeps serving) and
+    # before the write transaction (on SQLite it would block every other writer).
+    checked = await run_in_threadpool(
+        images.check_uploads,
+        payload,
+        max_pixels=settings.max_image_pixels,
+        max_files=settings.max_images_per_upload,
+    )
+    stored = await run_in_threadpool(images.store_uploads, store, checked)
+
+    def record() -> list[UploadItem]:
+        with db.session() as s:
+            project = auth.get_project_for(s, user, project_id)
+            results = images.record_uploads(s, project, stored, Split(split))
+            return [
+                UploadItem(image=ImagePublic.model_validate(r.image), duplicate=r.duplicate)
+                for r in results
+            ]
+
+    items = await run_in_threadpool(record)
     dups = sum(i.duplicate for i in items)
     return UploadResponse(data=items, created=len(items) - dups, duplicates=dups)
 

@@ -15,7 +15,7 @@ from activeseg.api.routes.jobs import start_job
 from activeseg.api.schemas import MAX_ROW_ID, NO_NUL, JobPublic, Page, RowId
 from activeseg.core.errors import NotFound
 from activeseg.core.heatmaps import decode_heatmaps
-from activeseg.core.imaging import decode_image, encode_png
+from activeseg.core.imaging import decode_image, display_image, encode_png
 from activeseg.core.render import colourise, heat_colours, overlay
 from activeseg.core.services import auth, images, jobs, models, rounds
 from activeseg.core.tables import ImageScore, ModelVersion, Project
@@ -270,7 +270,7 @@ def uncertainty_png(
         raise NotFound(f"measure {measure!r} was not computed; available: {', '.join(known)}")
     rgb = heat_colours(maps[measure].astype(np.float32))
     if overlay_image:
-        rgb = overlay(decode_image(store.get(image.blob_key)), rgb, alpha=0.55)
+        rgb = overlay(display_image(decode_image(store.get(image.blob_key))), rgb, alpha=0.55)
     return Response(encode_png(rgb), media_type="image/png")
 
 

@@ -387,18 +387,13 @@ async function bitmapFromBlob(blob, exact = false) {
   return createImageBitmap(blob, opts);
 }
 
-async function loadImage(imageId, url) {
+async function loadImage(imageId) {
   if (state.images.has(imageId)) return state.images.get(imageId);
-  let bmp;
-  try {
-    bmp = await bitmapFromBlob(await api("GET", url, undefined, { raw: true }));
-  } catch (err) {
-    if (err instanceof ApiError) throw err;
-    // A format the browser cannot decode (TIFF): ask the server for a PNG of it.
-    bmp = await bitmapFromBlob(
-      await api("GET", `/annotate/images/${imageId}.png`, undefined, { raw: true }),
-    );
-  }
+  // Always the server's 8-bit PNG: upright (EXIF applied) and with the contrast the model
+  // sees. The stored file may be a TIFF, 16-bit or float, which browsers show wrongly or not.
+  const bmp = await bitmapFromBlob(
+    await api("GET", `/annotate/images/${imageId}.png`, undefined, { raw: true }),
+  );
   state.images.set(imageId, bmp);
   while (state.images.size > 6) {
     const oldest = state.images.keys().next().value;
@@ -460,7 +455,7 @@ async function showTask(lease) {
   const imgH = lease.image_height;
 
   const [image, maskBmp, prediction, heat] = await Promise.all([
-    loadImage(lease.task.image_id, lease.image_url),
+    loadImage(lease.task.image_id),
     bitmapFromBlob(new Blob([fromBase64(lease.region_mask_png)], { type: "image/png" }), true),
     optionalOverlay(lease.prediction_url, "model proposal"),
     optionalOverlay(lease.uncertainty_url, "uncertainty heatmap"),
