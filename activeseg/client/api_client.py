@@ -62,15 +62,31 @@ class ApiClient(Client):
             if not page["data"] or offset >= page["count"]:
                 return
 
-    def upload_file(self, project_id: int, path: Path, split: str = "pool") -> dict[str, Any]:
-        data = path.read_bytes()  # bytes, not a file object: a retried request resends it
+    def image_count(self, project_id: int) -> int:
+        """How many images the project has (one small request)."""
+        page = self.get(f"/projects/{project_id}/images", params={"limit": 1})
+        return int(page["count"])
+
+    def upload_batch(
+        self, project_id: int, files: list[tuple[str, bytes]], split: str = "pool"
+    ) -> dict[str, Any]:
+        """Upload ``files`` (name, bytes) in one request, all or nothing; the server's
+        ``UploadResponse`` (``data`` in the order sent, ``created``, ``duplicates``). Sent again
+        after a transient failure: the server keeps images by content, so a batch that landed
+        before its answer was lost comes back as duplicates, never as copies."""
         r = self.request(
             "POST",
             f"/projects/{project_id}/images",
-            files=[("files", (path.name, data, "application/octet-stream"))],
+            idempotent=True,
+            files=[("files", (name, data, "application/octet-stream")) for name, data in files],
             data={"split": split},
         )
-        return r.json()["data"][0]  # type: ignore[no-any-return]
+        return r.json()  # type: ignore[no-any-return]
+
+    def upload_file(self, project_id: int, path: Path, split: str = "pool") -> dict[str, Any]:
+        """One file in a request of its own (many files: :meth:`upload_batch`)."""
+        data = path.read_bytes()  # bytes, not a file object: a retried request resends it
+        return self.upload_batch(project_id, [(path.name, data)], split)["data"][0]  # type: ignore[no-any-return]
 
     # export / import ----------------------------------------------------------------------
     def export_to(

@@ -8,7 +8,6 @@ override it. Errors print the server's explanation and exit with status 1.
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import json
 import os
@@ -16,7 +15,6 @@ import sys
 import time
 import zipfile
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -24,12 +22,15 @@ import typer
 
 if TYPE_CHECKING:
     from activeseg.client.api_client import ApiClient
+    from activeseg.client.bulk_upload import Journal, LocalFile, UploadReport
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+SPLITS = ("pool", "train", "val", "test")
 ACTIVE = ("pending", "queued", "running", "waiting")
 PALETTE = ("#000000", "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4")
-# Test hook: exit abruptly after this many uploaded files (simulates a killed upload).
+# Test hook: exit abruptly once this many files are stored (simulates a killed upload).
 STOP_AFTER_ENV = "ACTIVESEG_UPLOAD_STOP_AFTER"
+RESUME = "run the same command again to upload the rest"
 
 project_app = typer.Typer(help="Create, list and show projects.", no_args_is_help=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -185,12 +186,84 @@ def collect_files(paths: list[Path]) -> list[Path]:
     return sorted(out)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+class UploadProgress:
+    """Progress on stderr: a bar on a terminal, else a line every ``every_s`` seconds (logs,
+    CI), and a line for every wait (rate limit, retry) so a slow upload says why."""
+
+    def __init__(self, total: int, every_s: float = 2.0) -> None:
+        from rich.progress import Progress
+
+        self.total, self.done, self.every_s = total, 0, every_s
+        self.start = self.last = time.monotonic()
+        self.bar: Progress | None = None
+        if sys.stderr.isatty():
+            self.bar = Progress(transient=False)
+            self.task = self.bar.add_task("uploading", total=total)
+            self.bar.start()
+
+    def rate(self) -> float:
+        return self.done / max(time.monotonic() - self.start, 1e-9)
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.advance(self.task, n)
+        elif time.monotonic() - self.last >= self.every_s:
+            self.last = time.monotonic()
+            self.note(f"uploading: {self.done}/{self.total} files ({self.rate():.0f} images/s)")
+
+    def note(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(message)
+        else:
+            typer.echo(message, err=True)
+
+    def waiting(self, reason: str, seconds: float) -> None:
+        self.note(f"waiting {seconds:.1f} s: {reason}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _journaled(
+    api: ApiClient, project: dict[str, Any], files: list[Path], use_journal: bool
+) -> tuple[Journal | None, list[LocalFile], int]:
+    """(journal, files to send, files skipped by the journal). A journal claiming more images
+    than the project has (some were deleted since) is not trusted: every file is sent, and the
+    server answers duplicates for those it has."""
+    from activeseg.client.bulk_upload import Journal, LocalFile, split_by_journal
+
+    local = [LocalFile.of(p) for p in files]
+    if not use_journal:
+        return None, local, 0
+    journal = Journal.for_project(str(api.http.base_url), project)
+    todo, skipped = split_by_journal(local, journal.load())
+    if skipped and api.image_count(project["id"]) < len(skipped):
+        typer.echo(
+            f"note: {journal.path} lists images the project no longer has; ignoring it", err=True
+        )
+        return journal, local, 0
+    return journal, todo, len(local) - len(todo)
+
+
+class _BatchRecorder:
+    """After each batch the server stored: journal it, advance the progress, and honour the
+    test hook that kills the upload."""
+
+    def __init__(self, log: Journal | None, progress: UploadProgress, stop_after: int) -> None:
+        self.log, self.progress, self.stop_after = log, progress, stop_after
+        self.stored = 0
+
+    def __call__(self, batch: list[LocalFile], response: dict[str, Any]) -> None:
+        if self.log is not None:
+            shas = [d["image"]["sha256"] for d in response["data"]]
+            self.log.record(zip(batch, shas, strict=True))
+        self.stored += len(batch)
+        self.progress.advance(len(batch))
+        if self.stop_after and self.stored >= self.stop_after:
+            typer.echo(f"stopping after {self.stored} files ({STOP_AFTER_ENV})", err=True)
+            os._exit(3)  # abrupt on purpose: in-flight uploads are cut off
 
 
 @cli_errors
@@ -198,48 +271,62 @@ def upload(
     project: Annotated[str, typer.Argument(help="project id or name")],
     paths: Annotated[list[Path], typer.Argument(help="image files or folders (recursive)")],
     split: Annotated[str, typer.Option(help="pool | train | val | test")] = "pool",
-    workers: Annotated[int, typer.Option(min=1, max=32, help="parallel uploads")] = 4,
+    workers: Annotated[int, typer.Option(min=1, max=32, help="requests in flight")] = 4,
+    batch_files: Annotated[int, typer.Option(min=1, help="files per request, at most")] = 100,
+    batch_mb: Annotated[float, typer.Option(min=0.001, help="MiB per request, at most")] = 16,
+    journal: Annotated[
+        bool, typer.Option(help="skip files a previous run uploaded (local journal)")
+    ] = True,
 ) -> None:
-    """Upload images in parallel. Resumable: files whose sha256 the project already has are
-    skipped, so rerunning after an interruption uploads only the rest."""
-    from rich.progress import Progress
+    """Upload images, many per request, several requests in parallel. Resumable: a rerun
+    skips the files a previous run of this machine uploaded (a journal under
+    ~/.cache/activeseg/uploads) without reading them; the server keeps images by content, so
+    a file sent twice is stored once. A file the server refuses (corrupt, too large) is named,
+    the others still land; the exit status is 1 only then."""
+    from activeseg.client.bulk_upload import BatchLimits, BulkUploader
 
+    if split not in SPLITS:
+        _fail(f"--split {split!r}: use one of {', '.join(SPLITS)}")
     files = collect_files(paths)
-    stop_after = int(os.environ.get(STOP_AFTER_ENV) or 0)
     with client() as api:
-        pid = _project_id(api, project)
-        known = {im["sha256"] for im in api.iter_images(pid)}
-        with ThreadPoolExecutor(workers) as pool:
-            digests = list(pool.map(sha256_file, files))
-        todo: list[Path] = []
-        for path, digest in zip(files, digests, strict=True):
-            if digest not in known:
-                known.add(digest)  # the same content twice in the folder: send it once
-                todo.append(path)
-        skipped = len(files) - len(todo)
-        failed: list[str] = []
-        done = 0
-        with (
-            Progress(transient=False, disable=not sys.stderr.isatty()) as bar,
-            ThreadPoolExecutor(workers) as pool,
-        ):
-            task = bar.add_task("uploading", total=len(todo))
-            futures = {pool.submit(api.upload_file, pid, p, split): p for p in todo}
-            for fut in as_completed(futures):
-                try:
-                    fut.result()
-                    done += 1
-                except Exception as exc:  # noqa: BLE001 - reported per file below
-                    detail = getattr(exc, "detail", exc)
-                    failed.append(f"{futures[fut]}: {detail}")
-                bar.advance(task)
-                if stop_after and done >= stop_after:
-                    typer.echo(f"stopping after {done} files ({STOP_AFTER_ENV})", err=True)
-                    os._exit(3)  # abrupt on purpose: in-flight uploads are cut off
-    typer.echo(f"uploaded {done}, skipped {skipped} already in project {pid}, failed {len(failed)}")
-    for line in failed:
-        typer.echo(f"error: {line}", err=True)
-    if failed:
+        proj = api.project(project)
+        log, todo, skipped = _journaled(api, proj, files, journal)
+        progress = UploadProgress(len(todo))
+        api.on_wait = progress.waiting
+        recorder = _BatchRecorder(log, progress, int(os.environ.get(STOP_AFTER_ENV) or 0))
+        uploader = BulkUploader(
+            api,
+            proj["id"],
+            split=split,
+            workers=workers,
+            limits=BatchLimits(batch_files, max(1, int(batch_mb * 1024 * 1024))),
+            on_batch=recorder,
+            on_refused=lambda _path, _why: progress.advance(1),
+        )
+        try:
+            report = uploader.run(todo)
+        except KeyboardInterrupt:
+            _fail(f"interrupted after {recorder.stored} files stored; {RESUME}", code=130)
+        except Exception:
+            if recorder.stored:
+                typer.echo(f"stopped after {recorder.stored} files stored; {RESUME}", err=True)
+            raise  # cli_errors prints the server's explanation
+        finally:
+            progress.close()
+            if log is not None:
+                log.close()
+    _upload_summary(proj["id"], report, skipped, progress)
+
+
+def _upload_summary(pid: int, report: UploadReport, skipped: int, progress: UploadProgress) -> None:
+    typer.echo(
+        f"uploaded {report.created}, skipped {skipped + report.duplicates} already in project "
+        f"{pid}, failed {len(report.failed)} ({progress.done} files sent in "
+        f"{time.monotonic() - progress.start:.1f} s, {progress.rate():.0f} images/s)"
+    )
+    for path, detail in report.failed:
+        typer.echo(f"error: {path}: {detail}", err=True)
+    if report.failed:
         raise typer.Exit(1)
 
 

@@ -188,6 +188,7 @@ def upload_images(
             r = client.request(
                 "POST",
                 f"/projects/{pid}/images",
+                idempotent=True,  # images are kept by content: a resent batch adds nothing
                 data={"split": split.value},
                 files=[("files", (name, data)) for name, data in files[start:end]],
             )

@@ -44,13 +44,16 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0)
     max_images_per_upload: int = Field(default=500, gt=0)
-    # Requests per minute per API token (a token bucket: bursts up to the limit, refilled
-    # evenly); 0 = no limit. Kept in each API process's memory (never Redis: annotation must
-    # keep working when Redis is down), so with N API processes a token may get up to N times
-    # this. tasks: lease next, heartbeat, release, skip, submit; uploads: image upload, mask
-    # PUT, label import.
+    # Per API token, a token bucket: bursts up to the limit, refilled evenly over the minute;
+    # 0 = no limit. Kept in each API process's memory (never Redis: annotation must keep
+    # working when Redis is down), so with N API processes a token may get up to N times this.
+    # tasks: requests (lease next, heartbeat, release, skip, submit). uploads: *files* (each
+    # image of an upload, a mask PUT, a label import file), never requests, so batching costs
+    # nothing; a request is let in while the token has credit and its files are charged as the
+    # body streams, so one request may overdraw and the next waits. 6,000 lets a 1,000-image
+    # folder through at full speed and still holds a runaway script to 100 files/s.
     rate_limit_tasks_per_minute: int = Field(default=600, ge=0)
-    rate_limit_uploads_per_minute: int = Field(default=60, ge=0)
+    rate_limit_uploads_per_minute: int = Field(default=6000, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = None
     log_level: str = "INFO"

@@ -1,5 +1,6 @@
 """Per-token rate limits over real HTTP: the 6th task request of a token within a minute is
-refused 429 with Retry-After while other tokens carry on; uploads likewise; 0 turns it off.
+refused 429 with Retry-After while other tokens carry on; uploads likewise, but counted in
+files (a request of many files is let in on credit and overdraws the bucket); 0 turns it off.
 
 Two servers of their own (the shared ``stack`` runs without limits), each on its own SQLite
 database: limits of 5 per minute, and limits of 0. The rate limiters' clock is moved by hand,
@@ -16,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from activeseg.api.ratelimit import LIMITED_ROUTES, RateLimiter, TokenBuckets
+from activeseg.api.ratelimit import LIMITED_ROUTES, FileCounter, RateLimiter, TokenBuckets
 from activeseg.core.services.auth import hash_token
 from tests.conftest import Stack, running_stack, stack_env
 from tests.utils import build_queue_inline, image_bytes, make_project, make_user, png_bytes, upload
@@ -24,7 +25,7 @@ from tests.utils import build_queue_inline, image_bytes, make_project, make_user
 LIMIT = 5
 # (what the 429 says is limited, the setting's name part)
 TASKS = "task requests (lease, heartbeat, release, skip, submit)", "TASKS"
-UPLOADS = "uploads (images, masks, label imports)", "UPLOADS"
+UPLOADS = "uploaded files (images, masks, label imports)", "UPLOADS"
 
 
 class Clock:
@@ -193,10 +194,14 @@ def test_openapi_declares_429_exactly_on_the_limited_routes(servers: Servers) ->
 
 
 def test_buckets_are_keyed_by_the_token_hash_never_the_token(servers: Servers) -> None:
-    limiter = RateLimiter(servers.on.settings)  # type: ignore[arg-type]
+    clock = Clock()  # a limiter's own clock, given to it
+    limiter = RateLimiter(servers.on.settings, clock=clock)  # type: ignore[arg-type]
+    assert [limiter.check("tasks", "other") for _ in range(LIMIT + 1)][-1] == 12.0
+    clock.now += 12.0
+    assert limiter.check("tasks", "other") == 0.0
     assert limiter.check("tasks", "secret-token") == 0.0
     assert limiter.check("uploads", "secret-token") == 0.0
-    assert limiter.buckets["tasks"].keys() == [hash_token("secret-token")]
+    assert limiter.buckets["tasks"].keys() == [hash_token("other"), hash_token("secret-token")]
     assert limiter.buckets["uploads"].keys() == [hash_token("secret-token")]
 
 
@@ -214,3 +219,80 @@ def test_token_bucket_refills_evenly_and_forgets_the_least_recently_used() -> No
     buckets.take("c", 1000.0)  # a third key: "a", the least recently used, is dropped
     assert buckets.keys() == ["b", "c"]
     assert buckets.take("a", 1000.0) == 0.0  # a fresh, full bucket
+
+
+def _engineer(stack: Stack, pid: int) -> str:
+    with stack.client(stack.admin_token) as admin:
+        uid, token = make_user(admin, "engineer")
+        assert admin.post(f"/projects/{pid}/members", json={"user_id": uid}).status_code == 204
+    return token
+
+
+def test_uploads_are_counted_in_files_and_a_big_request_overdraws(servers: Servers) -> None:
+    """Limit 5 files a minute, clock frozen. 3 files, then 2: the burst is spent in two
+    requests. Another token sends 8 files at once with a full bucket: let in on credit, it
+    leaves a debt of 3, so its next request is 4 files (48 s) away, and half of that later 2."""
+    stack, clock = servers.on, servers.clock
+    with stack.client(stack.admin_token) as admin:
+        pid = make_project(admin)["id"]
+    token_e, token_f = _engineer(stack, pid), _engineer(stack, pid)
+    pictures = [(f"{i}.png", image_bytes(8, 8, seed=200 + i)) for i in range(13)]
+    with stack.client(token_e) as e, stack.client(token_f) as f:
+        assert upload(e, pid, *pictures[:3], split="train").status_code == 201
+        assert upload(e, pid, *pictures[3:5]).status_code == 201
+        _assert_refused(upload(e, pid, pictures[5]), UPLOADS, 12)
+        r = upload(f, pid, *pictures[5:13])
+        assert r.status_code == 201 and r.json()["created"] == 8
+        _assert_refused(upload(f, pid, pictures[0]), UPLOADS, 48)
+        clock.now += 24.0
+        _assert_refused(upload(f, pid, pictures[0]), UPLOADS, 24)
+        clock.now += 24.0
+        r = upload(f, pid, pictures[0])  # back to one file of credit: let in (a duplicate)
+        assert r.status_code == 201 and r.json()["duplicates"] == 1
+
+
+def test_the_upload_debt_is_charged_before_the_answer(servers: Servers) -> None:
+    """The files beyond the first are charged once the body is read, before the route
+    answers: the very next request of the token sees the debt, whatever the machine's speed."""
+    stack = servers.on
+    with stack.client(stack.admin_token) as admin:
+        pid = make_project(admin)["id"]
+    token = _engineer(stack, pid)
+    with stack.client(token) as e:
+        r = upload(e, pid, *[(f"{i}.png", image_bytes(8, 8, seed=300 + i)) for i in range(6)])
+        assert r.status_code == 201
+        _assert_refused(upload(e, pid, ("x.png", image_bytes(8, 8, seed=399))), UPLOADS, 24)
+
+
+def test_file_counter_counts_file_parts_in_any_chunking() -> None:
+    """Three files and one plain field, fed whole and one byte at a time: 3 both ways. A body
+    that is not multipart has no counter; a broken body stops the count without an error."""
+    files = [("files", (f"{i}.png", b"x" * (100 * i), "image/png")) for i in range(3)]
+    request = httpx.Request("POST", "http://x/", files=files, data={"split": "pool"})
+    body = request.read()
+    scope = {"headers": [(b"content-type", request.headers["content-type"].encode())]}
+    for size in (len(body), 1):
+        counter = FileCounter.for_scope(scope)
+        assert counter is not None
+        for start in range(0, len(body), size):
+            counter.feed(body[start : start + size])
+        assert counter.files == 3
+    assert FileCounter.for_scope({"headers": [(b"content-type", b"application/json")]}) is None
+    assert FileCounter.for_scope({"headers": []}) is None
+    broken = FileCounter.for_scope(scope)
+    assert broken is not None
+    broken.feed(b"this is no multipart body at all" * 10)
+    assert broken.files == 0
+
+
+def test_token_bucket_debt_is_paid_back_before_the_next_request() -> None:
+    buckets = TokenBuckets(per_minute=60)
+    assert buckets.take("a", 0.0) == 0.0  # 59 left
+    buckets.charge("a", 99, 0.0)  # a request of 100 files: 59 - 99 = -40
+    assert buckets.balance("a", 0.0) == -40.0
+    assert buckets.take("a", 0.0) == pytest.approx(41.0)  # back to 1 at 1 file/s
+    assert buckets.take("a", 40.0) == pytest.approx(1.0)  # a refusal spends nothing
+    assert buckets.take("a", 41.0) == 0.0
+    assert buckets.balance("a", 41.0) == pytest.approx(0.0)
+    buckets.charge("a", 0, 41.0)  # nothing to charge: nothing changes
+    assert buckets.balance("b", 41.0) == 60.0  # an unknown key has a full bucket

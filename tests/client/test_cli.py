@@ -38,7 +38,11 @@ def cli(stack: Stack, admin, tmp_path: Path) -> dict[str, Any]:  # type: ignore[
     """An engineer logged in with `activeseg login` in a private HOME."""
     _, token = make_user(admin, "engineer")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACTIVESEG_")}
-    env.update(HOME=str(tmp_path / "home"), XDG_CONFIG_HOME=str(tmp_path / "home" / ".config"))
+    env.update(
+        HOME=str(tmp_path / "home"),
+        XDG_CONFIG_HOME=str(tmp_path / "home" / ".config"),
+        XDG_CACHE_HOME=str(tmp_path / "home" / ".cache"),  # the upload journal
+    )
     out = run(env, "login", stack.base_url, "--token", token)
     assert "logged in" in out.stdout
     return {"env": env, "token": token, "tmp": tmp_path}
@@ -84,6 +88,10 @@ def _image_tree(root: Path, n: int) -> list[bytes]:
 
 
 def test_upload_resumes_after_an_interruption(stack: Stack, admin, cli) -> None:  # type: ignore[no-untyped-def]
+    """Killed after its second batch of 2, the upload leaves 4 files journaled and up to 4 more
+    in flight. The rerun skips the journaled ones without sending them and sends the other 5:
+    the server answers duplicates for those that landed in flight, so every landed file counts
+    as skipped. A third run sends nothing."""
     env = cli["env"]
     pid = json.loads(run(env, "project", "create", f"up-{id(cli)}", "--classes", "a,b").stdout)[
         "id"
@@ -96,15 +104,19 @@ def test_upload_resumes_after_an_interruption(stack: Stack, admin, cli) -> None:
         str(cli["tmp"] / "imgs"),
         "--workers",
         "2",
+        "--batch-files",
+        "2",
         check=False,
     )
     assert killed.returncode == 3, killed.stderr
+    assert "stopping after 4 files" in killed.stderr
     landed = admin.get(f"/projects/{pid}/images", params={"limit": 100}).json()["count"]
-    assert 3 <= landed < 9
+    assert 4 <= landed < 9
     done = run(env, "upload", str(pid), str(cli["tmp"] / "imgs"), "--split", "train")
-    # An upload cut off in flight may still land on the server after the count above.
     uploaded, skipped = map(int, re.findall(r"uploaded (\d+), skipped (\d+)", done.stdout)[0])
-    assert uploaded + skipped == 9 and skipped >= landed and uploaded >= 1
+    # A request cut off in flight may still land after the count above: at least `landed`.
+    assert uploaded + skipped == 9 and skipped >= landed
+    assert f"({9 - 4} files sent" in done.stdout  # the 4 journaled ones were not
     images = admin.get(f"/projects/{pid}/images", params={"limit": 100}).json()["data"]
     assert len(images) == 9
     import hashlib
@@ -114,6 +126,38 @@ def test_upload_resumes_after_an_interruption(stack: Stack, admin, cli) -> None:
     )
     again = run(env, "upload", str(pid), str(cli["tmp"] / "imgs"))
     assert "uploaded 0, skipped 9" in again.stdout
+    assert "0 files sent" in again.stdout
+
+
+def test_upload_journal_is_not_trusted_once_the_project_lost_images(  # type: ignore[no-untyped-def]
+    stack: Stack, admin, cli
+) -> None:
+    """A changed file is sent again (its size and mtime differ from the journal's). Once the
+    project has fewer images than the journal lists (two were deleted), the journal is ignored
+    and every file is sent: the server stores the two again and answers duplicates for the
+    rest. With --no-journal every file is sent too."""
+    import hashlib
+
+    env = cli["env"]
+    pid = json.loads(run(env, "project", "create", f"jr-{id(cli)}", "--classes", "a,b").stdout)[
+        "id"
+    ]
+    blobs = _image_tree(cli["tmp"] / "imgs", 6)
+    assert "uploaded 6, skipped 0" in run(env, "upload", str(pid), str(cli["tmp"] / "imgs")).stdout
+    (cli["tmp"] / "imgs" / "part0" / "im0.png").write_bytes(image_bytes(16, 16, seed=999))
+    out = run(env, "upload", str(pid), str(cli["tmp"] / "imgs")).stdout
+    assert "uploaded 1, skipped 5" in out and "(1 files sent" in out
+    images = admin.get(f"/projects/{pid}/images", params={"limit": 100}).json()["data"]
+    gone = {hashlib.sha256(b).hexdigest() for b in blobs[1:3]}
+    for image in images:
+        if image["sha256"] in gone:
+            assert admin.delete(f"/images/{image['id']}").status_code == 204
+    proc = run(env, "upload", str(pid), str(cli["tmp"] / "imgs"))
+    assert "lists images the project no longer has" in proc.stderr
+    assert "uploaded 2, skipped 4" in proc.stdout and "(6 files sent" in proc.stdout
+    assert admin.get(f"/projects/{pid}/images").json()["count"] == 7
+    proc = run(env, "upload", str(pid), str(cli["tmp"] / "imgs"), "--no-journal")
+    assert "uploaded 0, skipped 6" in proc.stdout and "(6 files sent" in proc.stdout
 
 
 def test_export_import_retrain_jobs_next_report(stack: Stack, admin, cli) -> None:  # type: ignore[no-untyped-def]
@@ -158,6 +202,21 @@ def test_export_import_retrain_jobs_next_report(stack: Stack, admin, cli) -> Non
     assert proc.returncode == 1 and "not found" in proc.stderr
 
 
+def _job_list_requests() -> float:
+    """GET /projects/{id}/jobs answered so far by this process's API (the stack's server
+    runs in a thread of the test process, so its Prometheus histogram is readable here)."""
+    from activeseg.api.metrics import REQUEST_DURATION
+
+    return sum(
+        sample.value
+        for metric in REQUEST_DURATION.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_count")
+        and sample.labels.get("route") == "/projects/{project_id}/jobs"
+        and sample.labels.get("method") == "GET"
+    )
+
+
 def test_jobs_follow_shows_a_job_until_it_ends(stack: Stack, admin, cli) -> None:  # type: ignore[no-untyped-def]
     from activeseg.core.services.jobs import request_job
     from activeseg.jobs.registry import inline_dispatcher
@@ -178,7 +237,7 @@ def test_jobs_follow_shows_a_job_until_it_ends(stack: Stack, admin, cli) -> None
             "--interval",
             "0.2",
             "--timeout",
-            "60",
+            "600",
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -186,7 +245,14 @@ def test_jobs_follow_shows_a_job_until_it_ends(stack: Stack, admin, cli) -> None
         text=True,
     )
     try:
-        time.sleep(1.5)  # the job is pending: the follower waits for it
+        # Ready when the follower has polled twice while the job was pending (its start-up
+        # takes seconds, minutes on a busy machine): it is waiting, not gone.
+        polls = _job_list_requests() + 2
+        deadline = time.monotonic() + 600
+        while _job_list_requests() < polls:
+            assert follow.poll() is None, follow.communicate()
+            assert time.monotonic() < deadline, "the follower never polled"
+            time.sleep(0.05)
         assert follow.poll() is None
         inline_dispatcher(stack.db, stack.store, stack.settings)(job.id)  # type: ignore[arg-type]
         stdout, stderr = follow.communicate(timeout=60)
