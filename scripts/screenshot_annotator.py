@@ -39,6 +39,7 @@ def main() -> None:
             offset += len(page["data"])
             if offset >= page["count"]:
                 break
+        admin.wait_idle(pid)  # the demo's first model, then its first queue
         annotate_queue(admin, pid, truth)
         job = admin.post(f"/projects/{pid}/retrain", json={"request_id": "docs"})
         admin.wait_job(job["id"])

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from activeseg.core.settings import Settings, get_settings
 
@@ -56,10 +58,23 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "maintenance": {
                 "task": "activeseg.maintenance",
                 "schedule": settings.maintenance_interval_s,
+                # Beat keeps sending while a long job holds the only pool process; without an
+                # expiry the messages of a 3-minute retrain (18 at 10 s) all ran after it,
+                # before the retrain's own follow-up jobs. Expired ones are dropped unrun.
+                "options": {"expires": maintenance_expiry_s(settings.maintenance_interval_s)},
             },
         },
         "worker_hijack_root_logger": False,
     }
+
+
+MAINTENANCE_EXPIRY_MIN_S = 30.0
+"""A maintenance message older than this (or than 3 intervals) is dropped unrun: long enough
+for a busy broker or a slow poll to deliver it, short enough to drop the pile-up of a long job."""
+
+
+def maintenance_expiry_s(interval_s: float) -> float:
+    return max(MAINTENANCE_EXPIRY_MIN_S, 3 * interval_s)
 
 
 def task_name(kind: str) -> str:
@@ -84,3 +99,22 @@ def _dispose_pooled_connections(**_: Any) -> None:
     from activeseg.worker import runtime
 
     runtime.reset_after_fork()
+
+
+READY_FILE_ENV = "ACTIVESEG_WORKER_READY_FILE"
+"""Set by ``activeseg serve``: the worker creates this file once it consumes jobs and removes
+it when it stops, so serve can say when the whole service is up."""
+
+
+@worker_ready.connect
+def _announce_ready(**_: Any) -> None:
+    path = os.environ.get(READY_FILE_ENV)
+    if path:
+        Path(path).touch()
+
+
+@worker_shutdown.connect
+def _withdraw_ready(**_: Any) -> None:
+    path = os.environ.get(READY_FILE_ENV)
+    if path:
+        Path(path).unlink(missing_ok=True)

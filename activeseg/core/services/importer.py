@@ -24,17 +24,29 @@ class Imported:
     ground_truth: dict[int, np.ndarray]  # image id -> full mask (kept out of the labels)
 
 
-def splits_for(n: int, val_fraction: float, test_fraction: float, seed: int = 0) -> list[Split]:
+def splits_for(
+    n: int, val_fraction: float, test_fraction: float, seed: int = 0, train_fraction: float = 0.0
+) -> list[Split]:
     """The split of each of ``n`` images: ``round(n * test_fraction)`` test,
-    ``round(n * val_fraction)`` val, the rest pool, placed by a permutation drawn from
-    ``np.random.default_rng(seed)`` (the project's ``seed`` setting). The same seed always
-    gives the same split; another seed gives another one, so runs over several seeds do not
-    all evaluate on the same images."""
+    ``round(n * val_fraction)`` val, ``round(n * train_fraction)`` train, the rest pool, placed
+    by a permutation drawn from ``np.random.default_rng(seed)`` (the project's ``seed``
+    setting). The same seed always gives the same split; another seed gives another one, so
+    runs over several seeds do not all evaluate on the same images. ``train_fraction=0`` (the
+    default) gives exactly the splits made before train images existed."""
     n_test, n_val = round(n * test_fraction), round(n * val_fraction)
+    n_train = round(n * train_fraction)
+    if n_test + n_val + n_train > n:
+        raise ValueError(
+            f"test ({n_test}) + val ({n_val}) + train ({n_train}) images exceed the {n} images"
+        )
     order = np.random.default_rng(seed).permutation(n)  # order[i]: the slot of image i
+    bounds = (
+        (n_test, Split.test),
+        (n_test + n_val, Split.val),
+        (n_test + n_val + n_train, Split.train),
+    )
     return [
-        Split.test if slot < n_test else Split.val if slot < n_test + n_val else Split.pool
-        for slot in order.tolist()
+        next((split for end, split in bounds if slot < end), Split.pool) for slot in order.tolist()
     ]
 
 
@@ -67,14 +79,17 @@ def import_dataset(
     *,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
+    train_fraction: float = 0.0,
     label_val_and_test: bool = True,
     label_pool: bool = False,
     max_pixels: int = 40_000_000,
 ) -> Imported:
     """Create project ``name`` with every sample of ``dataset``. Val and test images get their
-    ground-truth masks as label revisions (held-out evaluation needs labels); pool images stay
-    unlabelled unless ``label_pool`` (fully supervised baseline). The split is a permutation
-    seeded with ``settings.seed`` (:func:`splits_for`)."""
+    ground-truth masks as label revisions (held-out evaluation needs labels); train images
+    (``train_fraction``, none by default) always do: they are the labelled start a first
+    model trains on (the demo's). Pool images stay unlabelled unless ``label_pool`` (fully
+    supervised baseline). The split is a permutation seeded with ``settings.seed``
+    (:func:`splits_for`)."""
     classes = [ClassDef(id=c.id, name=c.name, colour=c.colour) for c in dataset.classes]
     settings = with_dataset_defaults(settings, dataset)
     project = create_project(
@@ -83,7 +98,7 @@ def import_dataset(
     samples = list(dataset)
     images: list[Image] = []
     truth: dict[int, np.ndarray] = {}
-    splits = splits_for(len(samples), val_fraction, test_fraction, settings.seed)
+    splits = splits_for(len(samples), val_fraction, test_fraction, settings.seed, train_fraction)
     for sample, split in zip(samples, splits, strict=True):
         [result] = upload_images(
             session,
@@ -97,7 +112,11 @@ def import_dataset(
         image = result.image
         images.append(image)
         truth[image.id] = sample.mask
-        if (split != Split.pool and label_val_and_test) or (split == Split.pool and label_pool):
+        if (
+            split == Split.train
+            or (split in (Split.val, Split.test) and label_val_and_test)
+            or (split == Split.pool and label_pool)
+        ):
             labels.save_revision(
                 session, store, image, sample.mask, source="import", author_id=owner.id
             )
