@@ -134,7 +134,7 @@ def start_server(app: object) -> tuple[uvicorn.Server, threading.Thread, str]:
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 300  # a readiness bound, not a wait
     while not server.started:
         if time.monotonic() > deadline:
             raise RuntimeError("uvicorn did not start")

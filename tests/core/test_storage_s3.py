@@ -58,7 +58,7 @@ def s3_endpoint() -> Iterator[str]:
         mp.delenv("AWS_ENDPOINT_URL", raising=False)
         mp.delenv("AWS_ENDPOINT_URL_S3", raising=False)
         client = boto3.client("s3", endpoint_url=endpoint)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 300
         while True:
             try:
                 client.create_bucket(Bucket=BUCKET)

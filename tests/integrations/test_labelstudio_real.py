@@ -212,7 +212,7 @@ def test_label_studio_uses_the_service_as_ml_backend(
     assert r.status_code == 201, r.text
     r = ls.post(f"/api/tasks/{task['id']}/annotations", json={"result": result})
     assert r.status_code == 201, r.text
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 300
     while True:
         with stack.db.session() as s:  # type: ignore[attr-defined]
             rev = s.scalar(select(LabelRevision).where(LabelRevision.image_id == image["id"]))

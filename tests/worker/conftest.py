@@ -63,8 +63,10 @@ def worker(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., subprocess.Po
         beat: bool = False,
         extra_env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        proc = start_worker(stack, tmp_path / f"{name}.log", name, concurrency, beat, extra_env)
+        log = tmp_path / f"{name}.log"
+        proc = start_worker(stack, log, name, concurrency, beat, extra_env)
         procs.append(proc)
+        wait_worker_ready(proc, log)
         return proc
 
     yield spawn
@@ -72,11 +74,28 @@ def worker(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., subprocess.Po
         stop_process(p)
 
 
+WORKER_START_DEADLINE_S = 600.0
+"""A worker imports torch and Celery before it consumes: seconds on a quiet machine, minutes
+with every core busy. Tests wait for its ``ready.`` line, so a job's own deadline measures the
+job, not the start-up; this bound only turns a worker that never starts into a failure."""
+
+
+def wait_worker_ready(proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Block until Celery logs ``<name>@<host> ready.`` (it consumes from then on)."""
+    deadline = time.monotonic() + WORKER_START_DEADLINE_S
+    while b" ready." not in (log.read_bytes() if log.exists() else b""):
+        if proc.poll() is not None:
+            raise AssertionError(f"worker exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"worker not ready after {WORKER_START_DEADLINE_S}s: {log}")
+        time.sleep(0.1)
+
+
 def wait_job(
     client: httpx.Client,
     job_id: int,
     states: tuple[str, ...] = ("succeeded",),
-    timeout: float = 90.0,
+    timeout: float = 300.0,
 ) -> dict:  # type: ignore[type-arg]
     deadline = time.monotonic() + timeout
     while True:

@@ -95,11 +95,11 @@ def test_bootstrap_annotate_retrain_rescore_requeue(stack: Stack, admin, worker)
     assert annotate_queue(ann, pid, truth) == 10
 
     retrain = admin.post(f"/projects/{pid}/retrain", json={"request_id": "r1"}).json()
-    mv_id = wait_job(admin, retrain["id"], timeout=180)["result"]["model_version_id"]
+    mv_id = wait_job(admin, retrain["id"], timeout=600)["result"]["model_version_id"]
     model = admin.get(f"/models/{mv_id}").json()
     assert model["active"] and model["version"] == 1 and model["metrics"]["miou"] >= 0
     # The chain: score_pool with the new version, then build_queue from its scores.
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600
     while True:
         rounds = counts(stack, pid)["rounds"]
         jobs = admin.get(f"/projects/{pid}/jobs").json()["data"]
@@ -136,7 +136,7 @@ def test_worker_killed_mid_retrain_completes_elsewhere(stack: Stack, admin, work
     before = counts(stack, pid)
 
     retrain = admin.post(f"/projects/{pid}/retrain", json={"request_id": "kill-me"}).json()
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600
     while True:  # wait until it is really training
         state = admin.get(f"/jobs/{retrain['id']}").json()
         if state["state"] == "running" and state["progress"] > 0.1:
@@ -148,9 +148,9 @@ def test_worker_killed_mid_retrain_completes_elsewhere(stack: Stack, admin, work
     assert admin.get(f"/jobs/{retrain['id']}").json()["state"] == "running"
 
     worker("rescuer", concurrency=1, beat=True, extra_env=FAST_WORKER)
-    done = wait_job(admin, retrain["id"], timeout=240)
+    done = wait_job(admin, retrain["id"], timeout=600)
     assert done["attempts"] == 2
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600
     while counts(stack, pid)["rounds"] < 2:
         assert time.monotonic() < deadline
         time.sleep(0.5)
