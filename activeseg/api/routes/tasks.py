@@ -162,9 +162,9 @@ def lease_next(project_id: RowId, user: CurrentUser, db: DbDep, store: StoreDep)
     TASKS_LEASED.inc()  # after the lease committed
     # Building the payload reads blobs: outside the lease transaction, which stays short. The
     # task and project stay loaded after the commit (expire_on_commit=False): not read again.
-    # A read session: the region map was stored when the task was queued (build_queue), so
-    # nothing is written, and on SQLite the blob read and PNG encoding hold no write lock.
-    with db.read_session() as s:
+    # A write session: a task queued on a map that is not stored yet (tasks made outside
+    # build_queue) gets it computed and stored here.
+    with db.session() as s:
         return _lease_payload(s, store, project, task)
 
 
