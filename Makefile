@@ -8,7 +8,7 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 
 help:
-	@echo "make run | make test | make lint | make bench"
+	@echo "make run | make test | make test-loaded | make reliability | make lint | make bench"
 
 install:
 	./scripts/install.sh
