@@ -24,6 +24,7 @@ import numpy as np
 from sqlalchemy import func, insert, select
 
 from activeseg.core.project_config import ENSEMBLE_ONLY, ProjectSettings
+from activeseg.core.services.labels import read_mask, with_mask_key
 from activeseg.core.services.projects import project_settings
 from activeseg.core.services.regions import (
     ensure_region_map,
@@ -33,7 +34,6 @@ from activeseg.core.services.regions import (
 from activeseg.core.services.tasks import mark_stale, open_region_keys
 from activeseg.core.tables import Image, ModelVersion, Project, RegionScore, Round, Split, Task
 from activeseg.integrations.webhooks import notify
-from activeseg.jobs.retrain import read_mask, with_mask_key
 from activeseg.jobs.runner import JobContext
 from activeseg.uncertainty.pooling import labelled_fraction
 from activeseg.uncertainty.selection import draw_controls, interleave, select_regions

@@ -13,39 +13,18 @@ import logging
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Select, and_, func, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from activeseg.core.errors import NotFound
-from activeseg.core.imaging import decode_image, decode_index
+from activeseg.core.imaging import decode_image
+from activeseg.core.services.labels import read_mask, with_mask_key
 from activeseg.core.services.models import load_predictor, model_config_for, project_in_channels
 from activeseg.core.services.projects import project_settings
-from activeseg.core.storage import BlobStore
-from activeseg.core.tables import Image, LabelRevision, ModelState, ModelVersion, Project, Split
+from activeseg.core.tables import Image, ModelState, ModelVersion, Project, Split
 from activeseg.integrations.webhooks import notify
 from activeseg.jobs.runner import JobContext
 
 log = logging.getLogger(__name__)
-
-
-def with_mask_key(query: Select[Any]) -> Select[Any]:
-    """``query`` over :class:`Image` plus the blob key of each image's current mask (None when
-    it has no labels yet): a job reads the keys in a short read session and decodes the masks
-    after it has closed (see :mod:`activeseg.core.db`)."""
-    current = and_(
-        LabelRevision.image_id == Image.id, LabelRevision.revision == Image.current_revision
-    )
-    return query.add_columns(LabelRevision.blob_key).outerjoin(LabelRevision, current)
-
-
-def read_mask(store: BlobStore, image: Image, key: str | None) -> np.ndarray:
-    """uint8 ``[H, W]``: the mask ``key`` names (from :func:`with_mask_key`), all 255 when the
-    image has no labels yet. No session: call it after the read session closed."""
-    if key is None:
-        if image.current_revision:
-            raise NotFound(f"image {image.id} has no label revision {image.current_revision}")
-        return np.full((image.height, image.width), 255, dtype=np.uint8)
-    return decode_index(store.get(key))
 
 
 def load_split(

@@ -28,11 +28,11 @@ from activeseg.core.db import Database
 from activeseg.core.heatmaps import decode_heatmaps, encode_heatmaps
 from activeseg.core.imaging import decode_image
 from activeseg.core.project_config import ProjectSettings
+from activeseg.core.services.labels import read_mask, with_mask_key
 from activeseg.core.services.models import load_predictor
 from activeseg.core.services.projects import project_settings
 from activeseg.core.services.regions import ensure_region_map, region_count_warning
 from activeseg.core.tables import Image, ImageScore, ModelVersion, Project, RegionScore, Split
-from activeseg.jobs.retrain import read_mask, with_mask_key
 from activeseg.jobs.runner import JobContext, Waiting
 from activeseg.models.scoring import ImageScore as Scored
 from activeseg.models.scoring import score_images

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import Select, and_, select
 from sqlalchemy.orm import Session
 
 from activeseg.core.errors import NotFound
@@ -12,12 +14,37 @@ from activeseg.core.storage import BlobStore
 from activeseg.core.tables import Image, LabelRevision, Project
 
 
+def unlabelled_mask(image: Image) -> np.ndarray:
+    """uint8 [H, W] of 255: the mask of an image nobody has labelled yet."""
+    return np.full((image.height, image.width), 255, dtype=np.uint8)
+
+
 def current_mask(session: Session, store: BlobStore, image: Image) -> np.ndarray:
     """The latest mask as uint8 [H, W]; all 255 when the image has no labels yet."""
     if image.current_revision == 0:
-        return np.full((image.height, image.width), 255, dtype=np.uint8)
+        return unlabelled_mask(image)
     rev = get_revision(session, image, image.current_revision)
     return decode_index(store.get(rev.blob_key))
+
+
+def with_mask_key(query: Select[Any]) -> Select[Any]:
+    """``query`` over :class:`Image` plus the blob key of each image's current mask (None when
+    it has no labels yet): a job reads the keys in a short read session and decodes the masks
+    after it has closed (see :mod:`activeseg.core.db`)."""
+    current = and_(
+        LabelRevision.image_id == Image.id, LabelRevision.revision == Image.current_revision
+    )
+    return query.add_columns(LabelRevision.blob_key).outerjoin(LabelRevision, current)
+
+
+def read_mask(store: BlobStore, image: Image, key: str | None) -> np.ndarray:
+    """uint8 ``[H, W]``: the mask ``key`` names (from :func:`with_mask_key`), all 255 when the
+    image has no labels yet. No session: call it after the read session closed."""
+    if key is None:
+        if image.current_revision:
+            raise NotFound(f"image {image.id} has no label revision {image.current_revision}")
+        return unlabelled_mask(image)
+    return decode_index(store.get(key))
 
 
 def get_revision(session: Session, image: Image, revision: int | None = None) -> LabelRevision:
