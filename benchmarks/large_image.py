@@ -29,8 +29,9 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -92,6 +93,20 @@ def _predictor(method: str, tiled: bool, mc_samples: int) -> Any:
     return Predictor(nets, config, max_untiled_pixels=0 if tiled else None)
 
 
+T = TypeVar("T")
+
+
+def _measured(work: Callable[[], T]) -> tuple[T, dict[str, float]]:
+    """Run ``work`` once: its result, and its wall and CPU seconds with this process's peak
+    RSS before and after (MiB)."""
+    before, cpu = _peak_mib(), _cpu_s()
+    start = time.perf_counter()
+    result = work()
+    seconds = time.perf_counter() - start
+    stats = {"seconds": seconds, "cpu_s": _cpu_s() - cpu, "peak_mib": _peak_mib()}
+    return result, {**stats, "before_mib": before}
+
+
 def stage_score(size: int, method: str, tiled: bool, mc_samples: int) -> dict[str, float]:
     from activeseg.models.scoring import score_images
     from activeseg.uncertainty.measures import ENSEMBLE_MEASURES, SOFTMAX_MEASURES
@@ -100,34 +115,19 @@ def stage_score(size: int, method: str, tiled: bool, mc_samples: int) -> dict[st
     names = SOFTMAX_MEASURES + (ENSEMBLE_MEASURES if predictor.n_samples > 1 else ())
     list(score_images(predictor, [synthetic_image(64, seed=1)], names))  # warm-up
     image = synthetic_image(size)
-    before, cpu = _peak_mib(), _cpu_s()
-    start = time.perf_counter()
-    (score,) = score_images(predictor, [image], names)
-    seconds = time.perf_counter() - start
+    (score,), stats = _measured(lambda: list(score_images(predictor, [image], names)))
     assert len(score.maps) == len(names) and score.prediction.shape == image.shape[:2]
-    return {
-        "seconds": seconds,
-        "cpu_s": _cpu_s() - cpu,
-        "peak_mib": _peak_mib(),
-        "before_mib": before,
-    }
+    return stats
 
 
 def stage_slic(size: int) -> dict[str, float]:
     from activeseg.uncertainty.regions import slic_regions
 
     image = synthetic_image(size)
-    before, cpu = _peak_mib(), _cpu_s()
-    start = time.perf_counter()
-    regions = slic_regions(image, region_size=REGION_SIZE, sigma=SLIC_SIGMA)
-    seconds = time.perf_counter() - start
-    return {
-        "seconds": seconds,
-        "cpu_s": _cpu_s() - cpu,
-        "peak_mib": _peak_mib(),
-        "before_mib": before,
-        "regions": regions.n_regions,
-    }
+    regions, stats = _measured(
+        lambda: slic_regions(image, region_size=REGION_SIZE, sigma=SLIC_SIGMA)
+    )
+    return {**stats, "regions": regions.n_regions}
 
 
 def stage_pool(size: int) -> dict[str, float]:
@@ -140,18 +140,14 @@ def stage_pool(size: int) -> dict[str, float]:
     prediction = rng.integers(0, N_CLASSES, (size, size), dtype=np.uint8)
     regions = grid_regions(size, size, REGION_SIZE)  # as many regions as SLIC aims at
     weights = class_weights_from_labels(np.arange(1, N_CLASSES + 1))
-    before, cpu = _peak_mib(), _cpu_s()
-    start = time.perf_counter()
-    for pixel_map in maps:
-        pool(pixel_map, regions.labels, regions.n_regions, "mean")
-    pool(maps[0], regions.labels, regions.n_regions, "class_balanced", **_cb(prediction, weights))
-    seconds = time.perf_counter() - start
-    return {
-        "seconds": seconds,
-        "cpu_s": _cpu_s() - cpu,
-        "peak_mib": _peak_mib(),
-        "before_mib": before,
-    }
+
+    def pool_all() -> None:
+        for pixel_map in maps:
+            pool(pixel_map, regions.labels, regions.n_regions, "mean")
+        labels, n = regions.labels, regions.n_regions
+        pool(maps[0], labels, n, "class_balanced", **_cb(prediction, weights))
+
+    return _measured(pool_all)[1]
 
 
 def _cb(prediction: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
