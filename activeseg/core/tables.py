@@ -456,3 +456,59 @@ class WebhookDelivery(Base):
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class LinkKey(Base):
+    """An HMAC key that signs expiring links (activeseg.core.services.links). The newest
+    unrevoked key signs; every unrevoked key verifies, so rotating keeps issued links working
+    until the old key is revoked."""
+
+    __tablename__ = "link_keys"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    secret: Mapped[str] = mapped_column(String(64))  # 32 random bytes, hex
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class BackendKey(Base):
+    """A per-project secret that a labelling tool carries in its ML-backend URL
+    (``/ls/{project_id}/k/{key}``): Label Studio keeps that URL and appends ``/webhook`` to it
+    for the webhook it creates itself. The key admits only that project's ``/ls`` routes, acting
+    as the engineer who made it. Only its SHA-256 is stored."""
+
+    __tablename__ = "backend_keys"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(12))
+    created_by: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ToolAnnotation(Base):
+    """A labelling tool's annotation as it was applied to an image's labels: the blob holds
+    the values it painted (255 = not painted) and what those pixels held before, so that an
+    update or a delete takes back exactly its own contribution
+    (activeseg.core.services.contributions). ``seq`` orders the contributions on one image."""
+
+    __tablename__ = "tool_annotations"
+    __table_args__ = (
+        UniqueConstraint("project_id", "tool", "external_id", name="uq_tool_annotations_external"),
+        Index("ix_tool_annotations_image_state", "image_id", "state"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    tool: Mapped[str] = mapped_column(String(20))  # label-studio
+    external_id: Mapped[str] = mapped_column(String(100))
+    external_author: Mapped[str | None] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(10), default="active")  # active | deleted
+    seq: Mapped[int] = mapped_column(BigInteger)
+    blob_key: Mapped[str | None] = mapped_column(String(200))
+    painted_pixels: Mapped[int] = mapped_column(BigInteger, default=0)
+    revision: Mapped[int | None] = mapped_column(Integer)  # the label revision it last made
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
