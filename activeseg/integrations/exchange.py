@@ -30,7 +30,7 @@ from activeseg.core.imaging import decode_mask, encode_png
 from activeseg.core.services import labels
 from activeseg.core.storage import BlobStore
 from activeseg.core.tables import Image, ImageScore, ModelVersion, Project, User
-from activeseg.integrations import coco, label_studio, png_masks
+from activeseg.integrations import coco, label_studio, label_studio_annotations, png_masks
 from activeseg.integrations.png_masks import canonical_json
 
 Format = Literal["coco", "png", "labelstudio"]
@@ -513,7 +513,9 @@ def _labelstudio_items(session: Session, project: Project, doc: Any) -> list[Imp
 
         def source(image: Image = image, result: Any = result, where: str = where) -> Any:
             try:
-                return label_studio.annotation_mask(result, classes, image.height, image.width)
+                return label_studio_annotations.annotation_mask(
+                    result, classes, image.height, image.width
+                )
             except Invalid as exc:
                 raise Invalid(f"{where}: {exc.detail}") from None
 

@@ -20,7 +20,7 @@ from activeseg.api.schemas import RowId
 from activeseg.core.errors import Invalid, Unauthorized
 from activeseg.core.services import auth, jobs
 from activeseg.core.tables import JobState, ModelVersion, Role, User
-from activeseg.integrations import label_studio
+from activeseg.integrations import label_studio, label_studio_annotations
 
 router = APIRouter(
     prefix="/ls/{project_id}",
@@ -144,7 +144,7 @@ async def webhook(
         project = auth.get_project_for(s, user, project_id)
         auth.require_role(user, Role.annotator if event != TRAIN_EVENT else Role.engineer)
         if event in ANNOTATION_EVENTS:
-            rev = label_studio.store_annotation(s, store, project, user, payload)
+            rev = label_studio_annotations.store_annotation(s, store, project, user, payload)
             revision = rev.revision if rev is not None else None
         job, _ = jobs.request_job(
             s,
