@@ -137,6 +137,30 @@ class ApiClient(Client):
     def model(self, model_id: int) -> dict[str, Any]:
         return self.get(f"/models/{model_id}")  # type: ignore[no-any-return]
 
+    # Label Studio -------------------------------------------------------------------------
+    def backend_key(self, project_id: int) -> dict[str, Any]:
+        """A new ML-backend key of the project: ``backend_url`` is shown this once."""
+        return self.post(f"/projects/{project_id}/label-studio/keys")  # type: ignore[no-any-return]
+
+    def label_config(self, project_id: int) -> str:
+        """The Label Studio labeling config (XML) for the project's classes."""
+        return self.request("GET", f"/ls/{project_id}/label_config").text
+
+    # signed links -------------------------------------------------------------------------
+    def link(self, path: str, ttl_s: int | None = None) -> dict[str, Any]:
+        """A signed link (``url``, ``path``, ``expires_at``) that opens ``path`` without a
+        token; ``ttl_s``: the server's default when None."""
+        body: dict[str, Any] = {"path": path}
+        if ttl_s is not None:
+            body["ttl_s"] = ttl_s
+        return self.post("/links", json=body)  # type: ignore[no-any-return]
+
+    def report_link(self, model_id: int, ttl_s: int | None = None) -> dict[str, Any]:
+        """A signed link to the model version's ``report.html``, once the report exists (the
+        server's 404 says how to compute it otherwise)."""
+        self.get(f"/models/{model_id}/report")
+        return self.link(f"/models/{model_id}/report.html", ttl_s)
+
     def model_report(self, model_id: int) -> dict[str, Any]:
         """``/models/{id}/report`` where the server has it, else the model's metrics."""
         try:

@@ -15,6 +15,10 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+MIN_LINK_TTL_S = 60
+MAX_LINK_TTL_S = 30 * 24 * 3600
+DEFAULT_LINK_TTL_S = 24 * 3600
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ACTIVESEG_", env_file=".env", extra="ignore")
@@ -56,9 +60,19 @@ class Settings(BaseSettings):
     rate_limit_uploads_per_minute: int = Field(default=6000, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = None
+    # Seconds of on-demand prediction one Label Studio /predict request may spend on images
+    # the active model has not scored; tasks left when it is spent are skipped (Label Studio
+    # asks again). 0 = stored predictions only. Keep it well below Label Studio's own timeout
+    # for /predict (ML_TIMEOUT_PREDICT, 100 s).
+    ls_predict_budget_s: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"
-    # Shown by `activeseg serve` so a newcomer can open the page.
+    # Shown by `activeseg serve` so a newcomer can open the page. When set (environment or
+    # .env), signed links (POST /links, the Label Studio export) start with it; otherwise with
+    # the URL the request came in on.
     public_url: str = "http://127.0.0.1:8000"
+    # Lifetime of a signed link (activeseg.core.services.links) when none is asked for: the
+    # default of POST /links and the links in task leases. Bounded like POST /links' ttl_s.
+    link_ttl_s: int = Field(default=DEFAULT_LINK_TTL_S, ge=MIN_LINK_TTL_S, le=MAX_LINK_TTL_S)
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:

@@ -3,7 +3,10 @@
 Exports stream: images are read page by page in a fixed order (sha256), each image's mask is
 decoded, written and dropped before the next; nothing holds a whole project's masks. The
 bytes depend only on the labels (sorted keys, fixed order, no timestamps), so export ->
-import -> export gives the same file.
+import -> export gives the same file. One exception, in the Label Studio tasks: each image URL
+is a signed link (activeseg.core.services.links) so that Label Studio opens it without a
+token; its expiry is rounded up to a whole UTC day, so the file stays the same all day and
+changes only at midnight UTC or when the signing key is rotated.
 
 Imports check every item first and only then store anything, in the caller's one transaction:
 a bad file stores nothing. An image whose mask equals its current labels gets no revision.
@@ -18,6 +21,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
@@ -27,7 +31,7 @@ from sqlalchemy.orm import Session
 from activeseg.core.db import Database
 from activeseg.core.errors import Invalid, TooLarge
 from activeseg.core.imaging import decode_mask, encode_png
-from activeseg.core.services import labels
+from activeseg.core.services import labels, links
 from activeseg.core.storage import BlobStore
 from activeseg.core.tables import Image, ImageScore, ModelVersion, Project, User
 from activeseg.integrations import coco, label_studio, label_studio_annotations, png_masks
@@ -42,6 +46,8 @@ MEDIA_TYPES = {
 }
 EXTENSIONS = {"coco": "coco.json", "png": "masks.zip", "labelstudio": "labelstudio.json"}
 PAGE = 100
+LINK_TTL_DAYS = 30
+"""Default life of the signed image links in a Label Studio export, before rounding up."""
 
 
 # --- reading the project -------------------------------------------------------------------
@@ -86,15 +92,24 @@ def _project(db: Database, project_id: int) -> Project:
 
 
 def export_stream(
-    db: Database, store: BlobStore, project_id: int, fmt: str, base_url: str = ""
+    db: Database,
+    store: BlobStore,
+    project_id: int,
+    fmt: str,
+    base_url: str = "",
+    link_ttl_days: int = LINK_TTL_DAYS,
+    now: datetime | None = None,
 ) -> Iterator[bytes]:
+    """The export's bytes, streamed. ``base_url``, ``link_ttl_days`` and ``now`` make the
+    Label Studio tasks' signed image links (see :func:`_export_labelstudio`)."""
     project = _project(db, project_id)
     if fmt == "coco":
         return _export_coco(db, store, project)
     if fmt == "png":
         return _export_png(db, store, project)
     if fmt == "labelstudio":
-        return _export_labelstudio(db, store, project, base_url.rstrip("/"))
+        expires_at = links.day_ceiling((now or datetime.now(UTC)) + timedelta(days=link_ttl_days))
+        return _export_labelstudio(db, store, project, base_url.rstrip("/"), expires_at)
     raise Invalid(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
@@ -162,9 +177,15 @@ def _export_png(db: Database, store: BlobStore, project: Project) -> Iterator[by
 
 
 def _export_labelstudio(
-    db: Database, store: BlobStore, project: Project, base_url: str
+    db: Database, store: BlobStore, project: Project, base_url: str, expires_at: datetime
 ) -> Iterator[bytes]:
+    """Label Studio tasks. ``data.image`` is an absolute link to the stored file signed until
+    ``expires_at`` (a whole UTC day, see :func:`export_stream`): Label Studio's editor opens
+    it without a token, and :func:`label_studio.resolve_image` still finds the image in it."""
     classes = list(project.classes)
+    with db.session() as s:  # one key signs every task's link (made here on the first use)
+        key = links.signing_key(s)
+        s.expunge(key)
     config = label_studio.DEFAULT_CONFIG
     with db.session() as s:
         mv = s.get(ModelVersion, project.active_model_id) if project.active_model_id else None
@@ -174,9 +195,10 @@ def _export_labelstudio(
     measure = project.settings.get("measure", "entropy")
     yield b"["
     for n, image in enumerate(iter_images(db, project.id)):
+        path = f"/images/{image.id}/file"
         task: dict[str, Any] = {
             "data": {
-                "image": f"{base_url}/images/{image.id}/file",
+                "image": f"{base_url}{path}?{links.sign_with(key, path, {}, expires_at)}",
                 "activeseg_file_name": image.filename,
                 "activeseg_sha256": image.sha256,
             }
@@ -199,14 +221,10 @@ def _export_labelstudio(
                 if row is not None:
                     s.expunge(row)
             if row is not None:
-                prediction = label_studio.stored_prediction(store.get(row.heatmap_key))
-                score = label_studio.confidence(
-                    row.mean, row.measure, len(classes), label_studio.model_samples(mv)
-                )
+                prediction, score = label_studio.stored_score(store.get(row.heatmap_key))
                 result = label_studio.prediction_results(prediction, classes, config)
-                task["predictions"] = [
-                    {"model_version": version, "result": result, "score": round(score, 6)}
-                ]
+                shown = round(score, 6) if score is not None else None  # as /ls/{id}/predict
+                task["predictions"] = [{"model_version": version, "result": result, "score": shown}]
         yield (b"," if n else b"") + canonical_json(task)
     yield b"]"
 

@@ -137,17 +137,21 @@ def test_png_masks_without_images_json_match_by_file_name(admin, labelled) -> No
 def test_labelstudio_export_has_annotations_and_predictions(stack: Stack, admin, labelled) -> None:  # type: ignore[no-untyped-def]
     pid, images = labelled["pid"], labelled["images"]
     pred = np.ones((H, W), np.uint8)
-    add_scored_model(stack, pid, {images[2]["id"]: pred}, {images[2]["id"]: 0.3})
+    image_id = images[2]["id"]
+    add_scored_model(stack, pid, {image_id: pred}, {image_id: 0.3}, {image_id: 0.4375})
     tasks = json.loads(export(admin, pid, "labelstudio"))
     assert len(tasks) == 3
     by_sha = {t["data"]["activeseg_sha256"]: t for t in tasks}
     scored = by_sha[images[2]["sha256"]]
     [prediction] = scored["predictions"]
     assert prediction["model_version"] == f"activeseg-p{pid}-v1"
-    assert prediction["score"] == pytest.approx(1 - 0.3 / np.log(3), abs=1e-4)
+    assert prediction["score"] == 0.4375  # the stored expected IoU, as /ls/{id}/predict says
     assert "annotations" not in scored
     labelled0 = by_sha[images[0]["sha256"]]
-    assert labelled0["data"]["image"].endswith(f"/images/{images[0]['id']}/file")
+    # a signed link (tests/api/test_signed_links.py checks that it opens without a token)
+    image_path, query = labelled0["data"]["image"].split("?")
+    assert image_path.endswith(f"/images/{images[0]['id']}/file")
+    assert sorted(p.split("=")[0] for p in query.split("&")) == ["exp", "kid", "sig"]
     assert {r["value"]["brushlabels"][0] for r in labelled0["annotations"][0]["result"]} == {
         "class0",
         "class1",

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from activeseg.api.deps import CurrentUser, DbDep, Engineer, SettingsDep, StoreDep
 from activeseg.api.errors import error_responses
 from activeseg.api.routes.images import read_limited
+from activeseg.api.routes.links import public_base_url
 from activeseg.api.schemas import RowId
 from activeseg.core.services import auth
 from activeseg.integrations import exchange
@@ -18,6 +19,7 @@ from activeseg.integrations import exchange
 router = APIRouter(
     tags=["export and import"], responses=error_responses(403, 404, 409, 413, 415, 507)
 )
+MAX_LINK_TTL_DAYS = 90
 FormatQuery = Annotated[str, Query(pattern="^(coco|png|labelstudio)$", description="file format")]
 
 
@@ -39,16 +41,30 @@ def export(
     db: DbDep,
     store: StoreDep,
     request: Request,
+    settings: SettingsDep,
     format: FormatQuery = "coco",
+    link_ttl_days: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=MAX_LINK_TTL_DAYS,
+            description="labelstudio: days the tasks' signed image links work (rounded up to "
+            "a whole UTC day)",
+        ),
+    ] = exchange.LINK_TTL_DAYS,
 ) -> StreamingResponse:
     """The project's labels, streamed image by image: ``coco`` (JSON, RLE masks, category id =
     class id + 1), ``png`` (zip: classes.json, masks/*.png index masks with 255 = unlabelled,
     images.json) or ``labelstudio`` (JSON tasks with brush annotations and the active model's
-    predictions). The same labels always give the same bytes."""
+    predictions; each task's ``data.image`` is a signed link that Label Studio opens without a
+    token, valid ``link_ttl_days`` rounded up to the next midnight UTC). The same labels give
+    the same bytes; in ``labelstudio`` the same day and the same signing key too."""
     with db.session() as s:
         project = auth.get_project_for(s, user, project_id)
         name = f"project-{project.id}.{exchange.EXTENSIONS[format]}"
-    body = exchange.export_stream(db, store, project_id, format, str(request.base_url))
+    body = exchange.export_stream(
+        db, store, project_id, format, public_base_url(request, settings), link_ttl_days
+    )
     return StreamingResponse(
         body,
         media_type=exchange.MEDIA_TYPES[format],

@@ -5,7 +5,15 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
-from activeseg.api.deps import CurrentUser, DbDep, Engineer, SettingsDep, StoreDep
+from activeseg.api.deps import (
+    CurrentUser,
+    DbDep,
+    Engineer,
+    SettingsDep,
+    StoreDep,
+    UserOrLink,
+    link_headers,
+)
 from activeseg.api.errors import error_responses
 from activeseg.api.schemas import (
     MAX_ROW_ID,
@@ -19,7 +27,7 @@ from activeseg.api.schemas import (
 )
 from activeseg.core.errors import TooLarge
 from activeseg.core.imaging import encode_png
-from activeseg.core.services import auth, images, labels
+from activeseg.core.services import auth, images, labels, links
 from activeseg.core.tables import Image, LabelRevision, Split
 
 router = APIRouter(tags=["images"], responses=error_responses(403, 404, 409, 413, 415, 507))
@@ -132,14 +140,14 @@ def update_image(image_id: RowId, body: ImageUpdate, user: Engineer, db: DbDep) 
     response_class=Response,
     responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/tiff": {}}}},
 )
-def download_image(image_id: RowId, user: CurrentUser, db: DbDep, store: StoreDep) -> Response:
+def download_image(image_id: RowId, who: UserOrLink, db: DbDep, store: StoreDep) -> Response:
+    """The stored file, as uploaded. Opens with a token or a signed link (POST /links)."""
     with db.session() as s:
-        image = images.get_image_for(s, user, image_id)
-    return Response(
-        store.get(image.blob_key),
-        media_type=MEDIA[image.format],
-        headers={"Cache-Control": "private, max-age=86400", "ETag": image.sha256},
-    )
+        image = links.image_for(s, who, image_id)
+    # The bytes of an image never change: cached a day, or as long as a signed link lives.
+    headers = {"Cache-Control": "private, max-age=86400", "ETag": image.sha256}
+    headers.update(link_headers(who, max_age_s=86400))
+    return Response(store.get(image.blob_key), media_type=MEDIA[image.format], headers=headers)
 
 
 @router.delete("/images/{image_id}", status_code=status.HTTP_204_NO_CONTENT)
@@ -183,23 +191,26 @@ async def put_mask(
 )
 def get_mask(
     image_id: RowId,
-    user: CurrentUser,
+    who: UserOrLink,
     db: DbDep,
     store: StoreDep,
     revision: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
 ) -> Response:
-    """The latest (or a given) revision; an all-255 mask when nothing is labelled yet."""
+    """The latest (or a given) revision; an all-255 mask when nothing is labelled yet. Opens
+    with a token or a signed link (POST /links)."""
     with db.session() as s:
-        image = images.get_image_for(s, user, image_id)
+        image = links.image_for(s, who, image_id)
         if revision is None and image.current_revision == 0:
             return Response(
-                encode_png(labels.current_mask(s, store, image)), media_type="image/png"
+                encode_png(labels.current_mask(s, store, image)),
+                media_type="image/png",
+                headers=link_headers(who),
             )
         rev = labels.get_revision(s, image, revision)
     return Response(
         store.get(rev.blob_key),
         media_type="image/png",
-        headers={"X-Label-Revision": str(rev.revision)},
+        headers={"X-Label-Revision": str(rev.revision), **link_headers(who)},
     )
 
 

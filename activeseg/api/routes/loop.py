@@ -9,7 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from activeseg.api.deps import CurrentUser, DbDep, Engineer, StoreDep
+from activeseg.api.deps import CurrentUser, DbDep, Engineer, StoreDep, UserOrLink, link_headers
 from activeseg.api.errors import error_responses
 from activeseg.api.routes.jobs import start_job
 from activeseg.api.schemas import MAX_ROW_ID, NO_NUL, JobPublic, Page, RowId
@@ -17,7 +17,7 @@ from activeseg.core.errors import NotFound
 from activeseg.core.heatmaps import decode_heatmaps
 from activeseg.core.imaging import decode_image, display_image, encode_png
 from activeseg.core.render import colourise, heat_colours, overlay
-from activeseg.core.services import auth, images, jobs, models, rounds
+from activeseg.core.services import auth, jobs, links, models, rounds
 from activeseg.core.tables import ImageScore, ModelVersion, Project
 
 router = APIRouter(tags=["active learning"], responses=error_responses(403, 404, 409))
@@ -249,16 +249,16 @@ def _latest_scores(s: Any, image_id: int, project: Project) -> ImageScore | None
 )
 def uncertainty_png(
     image_id: RowId,
-    user: CurrentUser,
+    who: UserOrLink,
     db: DbDep,
     store: StoreDep,
     measure: Annotated[str, Query(max_length=40)] = "entropy",
     overlay_image: Annotated[bool, Query(alias="overlay")] = False,
 ) -> Response:
     """The active model's uncertainty heatmap of the image (inferno colours, bright = unsure),
-    optionally blended over the image."""
+    optionally blended over the image. Opens with a token or a signed link (POST /links)."""
     with db.session() as s:
-        image = images.get_image_for(s, user, image_id)
+        image = links.image_for(s, who, image_id)
         project = s.get(Project, image.project_id)
         assert project is not None
         row = _latest_scores(s, image_id, project)
@@ -271,7 +271,7 @@ def uncertainty_png(
     rgb = heat_colours(maps[measure].astype(np.float32))
     if overlay_image:
         rgb = overlay(display_image(decode_image(store.get(image.blob_key))), rgb, alpha=0.55)
-    return Response(encode_png(rgb), media_type="image/png")
+    return Response(encode_png(rgb), media_type="image/png", headers=link_headers(who))
 
 
 @router.get(
@@ -281,14 +281,15 @@ def uncertainty_png(
 )
 def prediction_png(
     image_id: RowId,
-    user: CurrentUser,
+    who: UserOrLink,
     db: DbDep,
     store: StoreDep,
     raw: Annotated[bool, Query(description="index PNG of class ids instead of colours")] = False,
 ) -> Response:
-    """The active model's predicted class per pixel, in class colours (or raw class ids)."""
+    """The active model's predicted class per pixel, in class colours (or raw class ids).
+    Opens with a token or a signed link (POST /links)."""
     with db.session() as s:
-        image = images.get_image_for(s, user, image_id)
+        image = links.image_for(s, who, image_id)
         project = s.get(Project, image.project_id)
         assert project is not None
         row = _latest_scores(s, image_id, project)
@@ -298,4 +299,4 @@ def prediction_png(
     prediction = decode_heatmaps(store.get(row.heatmap_key), ["prediction"])["prediction"]
     prediction = prediction.astype(np.uint8)
     body = encode_png(prediction if raw else colourise(prediction, classes))
-    return Response(body, media_type="image/png")
+    return Response(body, media_type="image/png", headers=link_headers(who))

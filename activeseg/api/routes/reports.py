@@ -16,13 +16,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from activeseg.api.deps import CurrentUser, DbDep, Engineer, SettingsDep, StoreDep
+from activeseg.api.deps import (
+    CurrentUser,
+    DbDep,
+    Engineer,
+    SettingsDep,
+    StoreDep,
+    UserOrLink,
+    link_headers,
+)
 from activeseg.api.errors import error_responses
 from activeseg.api.routes.images import read_limited
 from activeseg.api.routes.jobs import start_job
 from activeseg.api.schemas import NO_NUL, JobPublic, RowId
 from activeseg.core.errors import Conflict, Invalid, NotFound
-from activeseg.core.services import auth, jobs, models, rounds
+from activeseg.core.services import auth, jobs, links, models, rounds
 from activeseg.core.tables import JobState, ModelState, ModelVersion
 from activeseg.jobs.evaluate import latest_baseline_key, latest_report_job
 from activeseg.reports.html import render_html
@@ -62,10 +70,11 @@ def _not_computed(s: Session, mv: ModelVersion) -> NotFound:
     return NotFound(f"the report of model version {mv.id} is not computed yet: {how}")
 
 
-def _report_of(s: Session, user: Any, model_id: int, live: bool = False) -> dict[str, Any]:
+def _report_of(s: Session, who: Any, model_id: int, live: bool = False) -> dict[str, Any]:
     """The stored report; with ``live``, plus the ``rounds`` section (it changes with every
-    answer, so it is read when served rather than stored with the report)."""
-    mv = models.get_model_for(s, user, model_id)
+    answer, so it is read when served rather than stored with the report). ``who``: a user,
+    or the grant of a signed link."""
+    mv = links.model_for(s, who, model_id)
     if mv.report is None:
         raise _not_computed(s, mv)
     report = dict(mv.report)
@@ -118,12 +127,13 @@ def recompute_report(
     response_class=Response,
     responses={200: {"content": {"text/html": {}}}},
 )
-def report_html(model_id: RowId, user: CurrentUser, db: DbDep, store: StoreDep) -> HTMLResponse:
-    """The report as one self-contained HTML page (plots embedded as base64 PNG)."""
+def report_html(model_id: RowId, who: UserOrLink, db: DbDep, store: StoreDep) -> HTMLResponse:
+    """The report as one self-contained HTML page (plots embedded as base64 PNG). Opens with a
+    token or a signed link (POST /links; `activeseg report MODEL` prints one)."""
     with db.session() as s:
-        report = _report_of(s, user, model_id, live=True)
+        report = _report_of(s, who, model_id, live=True)
     plots = {name: store.get(key) for name, key in (report.get("plots") or {}).items()}
-    return HTMLResponse(render_html(report, plots))
+    return HTMLResponse(render_html(report, plots), headers=link_headers(who))
 
 
 @router.get(
@@ -134,20 +144,20 @@ def report_html(model_id: RowId, user: CurrentUser, db: DbDep, store: StoreDep) 
 def report_plot(
     model_id: RowId,
     name: Annotated[str, Path(pattern=PLOT_NAME_PATTERN)],
-    user: CurrentUser,
+    who: UserOrLink,
     db: DbDep,
     store: StoreDep,
 ) -> Response:
     """One plot of the report: ``reliability``, ``error_detection_roc``, ``shift`` or
-    ``learning_curve`` (those the report has data for)."""
+    ``learning_curve`` (those the report has data for). Opens with a token or a signed link."""
     with db.session() as s:
-        report = _report_of(s, user, model_id)
+        report = _report_of(s, who, model_id)
     keys = report.get("plots") or {}
     if name not in keys:
         raise NotFound(
             f"model version {model_id} has no plot {name!r}; available: {', '.join(sorted(keys))}"
         )
-    return Response(store.get(keys[name]), media_type="image/png")
+    return Response(store.get(keys[name]), media_type="image/png", headers=link_headers(who))
 
 
 @router.post(

@@ -13,16 +13,17 @@ from fastapi import APIRouter, Header, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from activeseg.api.deps import CurrentUser, DbDep, StoreDep
+from activeseg.api.deps import CurrentUser, DbDep, SettingsDep, StoreDep
 from activeseg.api.errors import error_responses
 from activeseg.api.metrics import LABELS_SUBMITTED, TASKS_LEASED
 from activeseg.api.schemas import NO_NUL, LabelRevisionPublic, RowId
 from activeseg.core.errors import Invalid
 from activeseg.core.imaging import decode_index, encode_png
-from activeseg.core.services import auth, tasks
+from activeseg.core.services import auth, links, tasks
 from activeseg.core.services.auto_retrain import maybe_request_retrain
 from activeseg.core.services.projects import project_settings
 from activeseg.core.services.regions import region_set
+from activeseg.core.settings import DEFAULT_LINK_TTL_S
 from activeseg.core.tables import Image, Project, RegionScore, Task, User
 
 router = APIRouter(tags=["annotation"], responses=error_responses(404, 409, 507))
@@ -45,15 +46,17 @@ class TaskPublic(BaseModel):
 
 class TaskLease(BaseModel):
     task: TaskPublic
-    image_url: str
+    image_url: str = Field(
+        description="signed link (path and query) to the stored file: opens without a token"
+    )
     image_width: int
     image_height: int
     bbox: list[int] = Field(description="[y0, x0, y1, x1] of the task's regions (end exclusive)")
     crop: list[int] = Field(description="[y0, x0, y1, x1]: the bbox with context around it")
     region_mask_png: str = Field(description="base64 PNG over bbox: 1 inside the regions, 0 out")
     proposed_classes: dict[str, int] = Field(description="region id -> model's majority class")
-    prediction_url: str | None
-    uncertainty_url: str | None
+    prediction_url: str | None = Field(description="signed link to the prediction PNG")
+    uncertainty_url: str | None = Field(description="signed link to the uncertainty heatmap")
     model_version_id: int | None
     lease_expires_at: datetime
     queue: dict[str, int] = Field(
@@ -107,7 +110,12 @@ def _recent_queue_counts(s: Any, project_id: int) -> dict[str, int]:
     return dict(hit[1])
 
 
-def _lease_payload(s: Any, store: Any, project: Project, task: Task) -> TaskLease:
+def _lease_payload(
+    s: Any, store: Any, project: Project, task: Task, link_ttl_s: int = DEFAULT_LINK_TTL_S
+) -> TaskLease:
+    """The lease as the annotator needs it. Its image URLs are signed links (relative: path
+    and query) that live ``link_ttl_s``: an ``<img>`` or a labelling tool opens them without
+    the token, and a client that sends its token anyway is served the same."""
     image = s.get(Image, task.image_id)
     _, regions = region_set(s, store, image, task.region_kind, task.region_size, task.region_sigma)
     y0, x0, y1, x1 = tasks.task_bbox(regions, task.regions)
@@ -127,18 +135,25 @@ def _lease_payload(s: Any, store: Any, project: Project, task: Task) -> TaskLeas
             proposed[str(region)] = int(cls)
     scored = task.model_version_id is not None and project.active_model_id is not None
     assert task.lease_expires_at is not None
+    key, expires_at = links.signing_key(s), links.expiry(link_ttl_s)
+
+    def signed(path: str, params: dict[str, str] | None = None) -> str:
+        return f"{path}?{links.sign_with(key, path, params or {}, expires_at)}"
+
     return TaskLease(
         task=TaskPublic.model_validate(task),
-        image_url=f"/images/{image.id}/file",
+        image_url=signed(f"/images/{image.id}/file"),
         image_width=image.width,
         image_height=image.height,
         bbox=[y0, x0, y1, x1],
         crop=crop,
         region_mask_png=base64.b64encode(encode_png(inside)).decode(),
         proposed_classes=proposed,
-        prediction_url=f"/images/{image.id}/prediction.png" if scored else None,
+        prediction_url=signed(f"/images/{image.id}/prediction.png") if scored else None,
         uncertainty_url=(
-            f"/images/{image.id}/uncertainty.png?measure={task.measure}" if scored else None
+            signed(f"/images/{image.id}/uncertainty.png", {"measure": task.measure})
+            if scored
+            else None
         ),
         model_version_id=task.model_version_id,
         lease_expires_at=task.lease_expires_at,
@@ -151,7 +166,9 @@ def _lease_payload(s: Any, store: Any, project: Project, task: Task) -> TaskLeas
     response_model=TaskLease,
     responses={204: {"description": "the queue is empty"}},
 )
-def lease_next(project_id: RowId, user: CurrentUser, db: DbDep, store: StoreDep) -> Any:
+def lease_next(
+    project_id: RowId, user: CurrentUser, db: DbDep, store: StoreDep, settings: SettingsDep
+) -> Any:
     """Lease the highest-priority queued task to you (204 when the queue is empty)."""
     with db.session() as s:
         project = auth.get_project_for(s, user, project_id)
@@ -165,7 +182,7 @@ def lease_next(project_id: RowId, user: CurrentUser, db: DbDep, store: StoreDep)
     # A write session: a task queued on a map that is not stored yet (tasks made outside
     # build_queue) gets it computed and stored here.
     with db.session() as s:
-        return _lease_payload(s, store, project, task)
+        return _lease_payload(s, store, project, task, settings.link_ttl_s)
 
 
 def _task_and_project(s: Any, user: User, task_id: int, lock: bool = True) -> tuple[Task, Project]:

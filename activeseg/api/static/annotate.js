@@ -119,6 +119,8 @@ function noteClock(res) {
 }
 
 /** Call the API with the token. JSON in, JSON (or a Blob for images) out; null on 204. */
+const SIGNED = /[?&]sig=/;
+
 async function api(method, path, body, { raw = false } = {}) {
   const headers = { Authorization: `Bearer ${state.token}` };
   const init = { method, headers };
@@ -133,7 +135,8 @@ async function api(method, path, body, { raw = false } = {}) {
     throw new ApiError(0, `cannot reach the server: ${describe(err)}`);
   }
   noteClock(res);
-  if (res.status === 401) {
+  // A signed link's 401 (expired, or its key revoked) says nothing about the token.
+  if (res.status === 401 && !SIGNED.test(path)) {
     const detail = await errorDetail(res);
     toLogin(`Your token was refused: ${detail}`);
     throw new ApiError(401, detail);
@@ -408,7 +411,7 @@ async function optionalOverlay(url, what) {
   try {
     return await bitmapFromBlob(await api("GET", url, undefined, { raw: true }));
   } catch (err) {
-    if (err instanceof ApiError && err.status === 401) throw err;
+    if (err instanceof ApiError && err.status === 401 && !SIGNED.test(url)) throw err;
     setStatus(`The ${what} is not available: ${describe(err)}`, "warn");
     return null;
   }
