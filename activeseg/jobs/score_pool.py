@@ -3,8 +3,12 @@
 For each pool image: every uncertainty measure the model supports (softmax measures always;
 ensemble measures when S > 1) from :func:`activeseg.models.scoring.score_images`, pooled over
 the image's stored region map; one ``region_scores`` row per (version, measure, image,
-region), one ``image_scores`` row per measure with a heatmap blob for display. Large pools
-fan out into child jobs of ``chunk_images`` images each, so several workers share them.
+region), one ``image_scores`` row per measure with a heatmap blob for display (its maps, the
+predicted classes and the prediction's expected IoU: :func:`encode_heatmaps`). The predictor
+applies the version's temperature, fitted on the val images before the version is stored (a
+version trained without labelled val images has none: its probabilities are the raw softmax).
+Large pools fan out into child jobs of ``chunk_images`` images each, so several workers share
+them.
 
 The job never holds the database while it works (see :mod:`activeseg.core.db`): rows are read
 in short read sessions, prediction, SLIC and pooling run with no session open, and the scores
@@ -41,7 +45,12 @@ from activeseg.uncertainty.pooling import class_weights_from_labels, pool
 from activeseg.uncertainty.regions import RegionMap
 
 log = logging.getLogger(__name__)
-__all__ = ["decode_heatmaps", "encode_heatmaps", "pool_image_ids", "score_pool"]
+__all__ = [
+    "decode_heatmaps",
+    "encode_heatmaps",
+    "pool_image_ids",
+    "score_pool",
+]
 CHUNK_IMAGES = 64
 MAX_WARNINGS = 20  # region-count warnings kept in a job result (the total is kept too)
 SCORE_ROWS_PER_TRANSACTION = 1_000
@@ -122,7 +131,7 @@ def score_pool(
         if warning is not None:
             warnings.append(warning)
         values, region_class = pool_scores(scored, regions, settings, weights, n_classes)
-        key = ctx.store.put(encode_heatmaps(scored.maps, scored.prediction))
+        key = ctx.store.put(encode_heatmaps(scored.maps, scored.prediction, scored.expected_iou))
         means = {name: float(m.mean()) for name, m in scored.maps.items()}
         write_image_scores(ctx.db, mv.id, image.id, values, region_class, means, key)
         ctx.progress((done + 1) / max(len(images), 1), f"scored {done + 1}/{len(images)} images")

@@ -14,6 +14,7 @@ import numpy as np
 from sqlalchemy import select
 
 from activeseg.core.tables import ImageScore, ModelState, ModelVersion, Project
+from activeseg.integrations.brush_rle import mask_to_rle
 from activeseg.jobs.score_pool import encode_heatmaps
 from tests.conftest import Stack
 from tests.utils import image_bytes, make_project, png_bytes, upload
@@ -46,10 +47,16 @@ def put_mask(client: httpx.Client, image_id: int, mask: np.ndarray) -> None:
 
 
 def add_scored_model(
-    stack: Stack, project_id: int, predictions: dict[int, np.ndarray], uncertainty: dict[int, float]
+    stack: Stack,
+    project_id: int,
+    predictions: dict[int, np.ndarray],
+    uncertainty: dict[int, float],
+    expected_iou: dict[int, float] | None = None,
 ) -> int:
     """A ready, active model version whose stored scores say ``predictions[image_id]`` with a
-    constant ``entropy`` of ``uncertainty[image_id]`` (no network involved)."""
+    constant ``entropy`` of ``uncertainty[image_id]`` and an expected IoU of
+    ``expected_iou[image_id]`` (default ``1 - uncertainty``); no network involved, and no
+    weights: images without stored scores cannot be predicted on demand."""
     with stack.db.session() as s:  # type: ignore[attr-defined]
         mv = ModelVersion(
             project_id=project_id,
@@ -63,7 +70,8 @@ def add_scored_model(
         s.flush()
         for image_id, pred in predictions.items():
             ent = np.full(pred.shape, uncertainty[image_id], np.float32)
-            key = stack.store.put(encode_heatmaps({"entropy": ent}, pred))  # type: ignore[attr-defined]
+            iou = (expected_iou or {}).get(image_id, 1.0 - uncertainty[image_id])
+            key = stack.store.put(encode_heatmaps({"entropy": ent}, pred, iou))  # type: ignore[attr-defined]
             s.add(
                 ImageScore(
                     model_version_id=mv.id,
@@ -115,3 +123,26 @@ def receiver(statuses: list[int] | None = None) -> Iterator[Receiver]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def brush_results(mask: np.ndarray, from_name: str, to_name: str) -> list[dict[str, Any]]:
+    """Label Studio brush results painting each class of ``mask`` (255 = nothing painted),
+    class ``c`` under the label ``class{c}``, as its editor saves them."""
+    height, width = mask.shape
+    return [
+        {
+            "id": f"r{cls}",
+            "from_name": from_name,
+            "to_name": to_name,
+            "type": "brushlabels",
+            "original_width": width,
+            "original_height": height,
+            "image_rotation": 0,
+            "value": {
+                "format": "rle",
+                "rle": mask_to_rle((mask == cls).astype(np.uint8) * 255),
+                "brushlabels": [f"class{cls}"],
+            },
+        }
+        for cls in sorted(set(np.unique(mask).tolist()) - {255})
+    ]

@@ -1,5 +1,6 @@
 """The Label Studio ML backend protocol under /ls/{project_id}, with the exact shapes Label
-Studio sends and expects, over real HTTP."""
+Studio sends and expects, over real HTTP. (On-demand predictions, budgets, skips and versions:
+test_ls_predict.py.)"""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 
+from activeseg.core.heatmaps import encode_heatmaps
+from activeseg.core.tables import ImageScore, ModelState, ModelVersion, Project
 from activeseg.integrations.brush_rle import rle_to_mask
 from tests.conftest import Stack
-from tests.integrations.helpers import add_scored_model, project_with_images
+from tests.integrations.helpers import project_with_images
 
 H, W = 24, 32
 CONFIG = (
@@ -21,18 +25,59 @@ CONFIG = (
 )
 
 
+def add_stored_scores(
+    stack: Stack,
+    project_id: int,
+    predictions: dict[int, np.ndarray],
+    expected_iou: dict[int, float],
+    *,
+    version: int = 1,
+) -> int:
+    """A ready, active model version (no weights: it can never predict on demand) whose
+    score blobs say ``predictions[image_id]`` with ``expected_iou[image_id]``."""
+    with stack.db.session() as s:  # type: ignore[attr-defined]
+        mv = ModelVersion(
+            project_id=project_id,
+            version=version,
+            state=ModelState.ready.value,
+            config={"method": "single"},
+            member_keys=[],
+            metrics={"miou": 0.5},
+        )
+        s.add(mv)
+        s.flush()
+        for image_id, pred in predictions.items():
+            ent = np.full(pred.shape, 0.5, np.float32)
+            blob = encode_heatmaps({"entropy": ent}, pred, expected_iou[image_id])
+            key = stack.store.put(blob)  # type: ignore[attr-defined]
+            s.add(
+                ImageScore(
+                    model_version_id=mv.id,
+                    image_id=image_id,
+                    measure="entropy",
+                    mean=0.5,
+                    heatmap_key=key,
+                    prediction_key=key,
+                )
+            )
+        project = s.scalar(select(Project).where(Project.id == project_id))
+        assert project is not None
+        project.active_model_id = mv.id
+        return int(mv.id)
+
+
 @pytest.fixture
 def scored(stack: Stack, admin) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Three images; the active model predicts known masks; image 1 is the most uncertain."""
+    """Three images; the active model predicts known masks; image 1 is the least sure."""
     project, images = project_with_images(admin, n=3, h=H, w=W)
-    preds, unsure = {}, {}
+    preds, ious = {}, {}
     for k, im in enumerate(images):
         pred = np.zeros((H, W), np.uint8)
         pred[:, k * 5 : k * 5 + 10] = 1
         pred[:4, :] = 2
         preds[im["id"]] = pred
-        unsure[im["id"]] = [0.2, 0.9, 0.5][k]
-    mv_id = add_scored_model(stack, project["id"], preds, unsure)
+        ious[im["id"]] = [0.7, 0.123456789, 0.5][k]
+    mv_id = add_stored_scores(stack, project["id"], preds, ious)
     return {"pid": project["id"], "images": images, "preds": preds, "mv_id": mv_id}
 
 
@@ -84,13 +129,15 @@ def test_predict_returns_one_brush_result_list_per_task_in_order(admin, scored) 
             decoded[rle_to_mask(res["value"]["rle"], H, W) > 0] = int(name[-1])
         assert names == ["class0", "class1", "class2"]
         assert np.array_equal(decoded, scored["preds"][im["id"]])
-    # score = 1 - entropy / log(3): the most uncertain image has the lowest score.
-    scores = [results[k]["score"] for k in range(3)]
-    assert scores == pytest.approx([1 - u / np.log(3) for u in (0.2, 0.9, 0.5)], abs=1e-3)
-    assert min(scores) == scores[1]
-    # a file-name match (Label Studio's upload prefix removed), then an unknown image.
+    # score = the stored expected IoU (rounded to 6 places): the least sure image is lowest.
+    assert [results[k]["score"] for k in range(3)] == [0.7, 0.123457, 0.5]
+    # a file-name match (Label Studio's upload prefix removed), then an unknown image: no
+    # "result" key at all, so Label Studio stores nothing and asks again later.
     assert results[3]["result"] == results[2]["result"]
-    assert results[4]["result"] == [] and results[4]["error"]["status"] == 404
+    assert results[4] == {
+        "model_version": version,
+        "skipped": f"no image of project {pid} at /data/upload/1/deadbeef-unknown.png",
+    }
 
 
 def test_predict_leaves_out_classes_the_config_does_not_list(admin, scored) -> None:  # type: ignore[no-untyped-def]
