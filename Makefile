@@ -1,7 +1,7 @@
 # Two commands for a fresh machine:
 #   make run    install, migrate, and serve the API with a worker on the embedded default
 #   make test   install, start PostgreSQL and Redis if needed, run the test suite
-.PHONY: run test test-loaded reliability install services lint bench help
+.PHONY: run test test-loaded reliability install services labelstudio lint bench help
 
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -19,12 +19,16 @@ run: install
 services:
 	./scripts/services.sh
 
-test: install services
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+# Label Studio in its own virtualenv (.venv-ls): the real-tool test runs against it.
+labelstudio:
+	./scripts/label_studio.sh
+
+test: install services labelstudio
+	ACTIVESEG_LABEL_STUDIO=1 .venv/bin/python -m pytest $(PYTEST_ARGS)
 
 # The default suite with every core held by a busy loop: no test may depend on a quiet machine.
-test-loaded: install services
-	./scripts/loaded.sh .venv/bin/python -m pytest $(PYTEST_ARGS)
+test-loaded: install services labelstudio
+	ACTIVESEG_LABEL_STUDIO=1 ./scripts/loaded.sh .venv/bin/python -m pytest $(PYTEST_ARGS)
 
 # Fault injection (worker SIGKILL, Redis and PostgreSQL restarts, failing blob writes) and the
 # OpenAPI fuzz: minutes, so outside `make test`; .ci/run runs both.

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from activeseg import __version__
 from activeseg.api.bodylimit import BodySizeLimit
+from activeseg.api.docs import install_docs
 from activeseg.api.errors import install_error_handlers
 from activeseg.api.metrics import install_metrics
 from activeseg.api.ratelimit import install_rate_limits
@@ -19,7 +20,9 @@ from activeseg.api.routes import (
     images,
     jobs,
     labelstudio,
+    links,
     loop,
+    ls_keys,
     projects,
     reports,
     tasks,
@@ -54,12 +57,17 @@ def create_app(
         version=__version__,
         description="Active-learning annotation service for image segmentation. Every route "
         "but /health and /metrics needs `Authorization: Bearer <token>`.",
+        # FastAPI's own /docs and /redoc load their files from a CDN: install_docs serves them.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.db = Database(settings)
     app.state.store = open_store(settings.storage_url)
     app.state.dispatch = dispatcher or _default_dispatcher(app.state.db, settings)
     install_error_handlers(app)
+    ls_keys.install_log_redaction()
+    install_docs(app)
 
     for module in (
         health,
@@ -71,9 +79,11 @@ def create_app(
         tasks,
         annotate,
         labelstudio,
+        ls_keys,
         exports,
         webhooks,
         reports,
+        links,
     ):
         app.include_router(module.router)
     # Plain ASGI middlewares; the last added runs first: the

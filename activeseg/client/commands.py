@@ -488,11 +488,79 @@ def next_task(
     _print_json(lease)
 
 
+TtlOption = Annotated[
+    int | None,
+    typer.Option("--ttl", help="seconds the link works (default: the server's, 24 h)", min=60),
+]
+
+
 @cli_errors
-def report(model: Annotated[int, typer.Argument(help="model version id")]) -> None:
-    """A model version's report (its metrics until the server offers /models/{id}/report)."""
+def report(
+    model: Annotated[int, typer.Argument(help="model version id")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the report's JSON instead of a link")
+    ] = False,
+    ttl: TtlOption = None,
+) -> None:
+    """Print a link to a model version's report page that a browser opens without a token
+    (signed, expiring); with --json, the report itself."""
     with client() as api:
-        _print_json(api.model_report(model))
+        if as_json:
+            _print_json(api.model_report(model))
+            return
+        link = api.report_link(model, ttl)
+    typer.echo(link["url"])
+    typer.echo(f"open it in a browser; it works until {link['expires_at']}", err=True)
+
+
+@cli_errors
+def link(
+    path: Annotated[
+        str,
+        typer.Argument(help="e.g. /images/5/file or /models/3/report.html (with its query)"),
+    ],
+    ttl: TtlOption = None,
+) -> None:
+    """Print a signed, expiring link that opens PATH without a token (an image file, mask,
+    prediction or uncertainty PNG, report page or plot you may read)."""
+    with client() as api:
+        made = api.link(path, ttl)
+    typer.echo(made["url"])
+    typer.echo(f"it works until {made['expires_at']}", err=True)
+
+
+labelstudio_app = typer.Typer(help="Connect Label Studio to a project.", no_args_is_help=True)
+
+
+@labelstudio_app.command("connect")
+@cli_errors
+def labelstudio_connect(
+    project: Annotated[str, typer.Argument(help="id or name")],
+    config_out: Annotated[
+        Path | None, typer.Option("--config-out", help="also write the labeling config here")
+    ] = None,
+) -> None:
+    """Print a new ML-backend URL for Label Studio (a per-project key in the path: Label
+    Studio's own webhook then authenticates with no hand edits) and the labeling config for
+    the project's classes. The URL is shown once; revoke it with
+    DELETE /projects/{id}/label-studio/keys/{key id}."""
+    with client() as api:
+        pid = _project_id(api, project)
+        key = api.backend_key(pid)
+        xml = api.label_config(pid)
+    if config_out is not None:
+        config_out.write_text(xml + "\n")
+    typer.echo(key["backend_url"])
+    typer.echo(
+        f"Label Studio: Settings > Model > Connect Model, Backend URL above, no authentication "
+        f"(key {key['id']}, prefix {key['prefix']}; shown once).\n"
+        "Settings > Labeling Interface > Code: the config below"
+        + (f" (also in {config_out})" if config_out else "")
+        + ".\nLabel Studio on this machine? Start it with ML_BLOCK_LOCAL_IP=false "
+        "SSRF_PROTECTION_ENABLED=false.",
+        err=True,
+    )
+    typer.echo(xml)
 
 
 def _iter_commands() -> Iterator[tuple[str, Callable[..., Any]]]:
@@ -504,6 +572,7 @@ def _iter_commands() -> Iterator[tuple[str, Callable[..., Any]]]:
     yield "jobs", jobs
     yield "next", next_task
     yield "report", report
+    yield "link", link
 
 
 def register(app: typer.Typer) -> None:
@@ -511,3 +580,4 @@ def register(app: typer.Typer) -> None:
     for name, fn in _iter_commands():
         app.command(name)(fn)
     app.add_typer(project_app, name="project")
+    app.add_typer(labelstudio_app, name="labelstudio")

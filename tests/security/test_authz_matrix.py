@@ -64,7 +64,11 @@ EXEMPT = {
     "/docs": "Swagger UI over /openapi.json",
     "/docs/oauth2-redirect": "part of Swagger UI",
     "/redoc": "ReDoc over /openapi.json",
+    "/docs-assets": "Swagger UI's and ReDoc's JS/CSS (the fastapi-offline package's files)",
 }
+# Label Studio's routes again under /k/{key}: the key in the path is the credential (Label
+# Studio's own webhook sends no header). test_keyed_routes_need_their_projects_key covers them.
+KEYED = "/ls/{project_id}/k/{key}"
 
 # Expected status per route for (annotator, engineer, admin, other_annotator, other_engineer);
 # the five REFUSED callers get 401 everywhere. Members of the project are the annotator and
@@ -145,6 +149,16 @@ MATRIX: dict[tuple[str, str], R] = {
     ("POST", "/ls/{project_id}/predict"): (200, 200, 200, 404, 404),
     ("POST", "/ls/{project_id}/webhook"): (403, 201, 201, 404, 404),
     ("GET", "/ls/{project_id}/label_config"): (200, 200, 200, 404, 404),
+    ("GET", "/ls/{project_id}/versions"): (200, 200, 200, 404, 404),
+    # the ML-backend URL's keys: engineers of the project
+    ("POST", "/projects/{project_id}/label-studio/keys"): (403, 201, 201, 403, 404),
+    ("GET", "/projects/{project_id}/label-studio/keys"): (403, 200, 200, 403, 404),
+    ("DELETE", "/projects/{project_id}/label-studio/keys/{key_id}"): (403, 200, 200, 403, 404),
+    # signed links: whoever may read the resource gets a link to it; keys are for admins
+    ("POST", "/links"): (200, 200, 200, 404, 404),
+    ("GET", "/admin/link-keys"): (403, 403, 200, 403, 403),
+    ("POST", "/admin/link-keys/rotate"): (403, 403, 201, 403, 403),
+    ("DELETE", "/admin/link-keys/{key_id}"): (403, 403, 200, 403, 403),
 }
 
 BASELINE_CSV = (
@@ -358,6 +372,13 @@ def _throwaway_webhook(w: World, who: str) -> Call:
     return Call({"webhook_id": r.json()["id"]})
 
 
+def _throwaway_link_key(w: World, who: str) -> Call:
+    from activeseg.core.services import links
+
+    with w.stack.db.session() as s:  # type: ignore[attr-defined]
+        return Call({"key_id": links.rotate(s).id})
+
+
 def _failed_job(w: World, who: str) -> Call:
     with w.stack.db.session() as s:  # type: ignore[attr-defined]
         job = Job(
@@ -390,6 +411,15 @@ def _mask(w: World, who: str) -> Call:
     mask = np.full((32, 32), 255, np.uint8)
     mask[8:16, :] = 2
     return Call(kwargs={"files": {"file": ("m.png", png_bytes(mask))}})
+
+
+def _throwaway_backend_key(w: World, who: str) -> Call:
+    from activeseg.core.services import backend_keys
+
+    with w.stack.db.session() as s:  # type: ignore[attr-defined]
+        project = s.get(Project, w.pid)
+        key, _ = backend_keys.create(s, project, s.get(User, w.user_ids["engineer"]))
+        return Call({"key_id": key.id})
 
 
 def _json(body: dict[str, Any] | Callable[[World], dict[str, Any]]) -> Any:
@@ -441,6 +471,9 @@ CALLS: dict[tuple[str, str], Callable[[World, str], Call]] = {
     ("POST", "/ls/{project_id}/setup"): _json({}),
     ("POST", "/ls/{project_id}/predict"): _json({"tasks": []}),
     ("POST", "/ls/{project_id}/webhook"): _json({"action": "START_TRAINING"}),
+    ("POST", "/links"): _json(lambda w: {"path": f"/images/{w.image_id}/file"}),
+    ("DELETE", "/admin/link-keys/{key_id}"): _throwaway_link_key,
+    ("DELETE", "/projects/{project_id}/label-studio/keys/{key_id}"): _throwaway_backend_key,
 }
 
 REFUSED_DETAIL = {
@@ -501,14 +534,21 @@ def test_every_route_has_a_row_or_a_reasoned_exemption(stack: Stack) -> None:
         served = routes_of(app)
     finally:
         app.state.db.dispose()
-    guarded = {(m, p) for m, p in served if p not in EXEMPT}
+    guarded = {(m, p) for m, p in served if p not in EXEMPT and not p.startswith(KEYED)}
+    keyed = {
+        (m, "/ls/{project_id}" + p.removeprefix(KEYED)) for m, p in served if p.startswith(KEYED)
+    }
+    assert keyed and keyed == {(m, p) for m, p in guarded if p.startswith("/ls/")}
     assert guarded - set(MATRIX) == set(), "routes without a row in MATRIX: decide who may call"
     assert set(MATRIX) - guarded == set(), "rows in MATRIX for routes the app does not serve"
     assert set(CALLS) - set(MATRIX) == set(), "CALLS names a route that has no row"
 
 
 def test_exempt_routes_answer_without_a_token(stack: Stack) -> None:
-    paths = {"/static/{name}": "/static/annotate.js"}
+    paths = {
+        "/static/{name}": "/static/annotate.js",
+        "/docs-assets": "/docs-assets/swagger-ui.css",
+    }
     from activeseg.api.app import create_app
 
     app = create_app(stack.settings, dispatcher=lambda job_id: True)  # type: ignore[arg-type]
@@ -520,6 +560,36 @@ def test_exempt_routes_answer_without_a_token(stack: Stack) -> None:
         for path in sorted(set(EXEMPT) & served):
             r = c.get(paths.get(path, path), follow_redirects=True)
             assert r.status_code == 200, (path, r.status_code, r.text[:200])
+
+
+def test_keyed_routes_need_their_projects_key(world: World) -> None:
+    """Under /ls/{id}/k/{key} the key decides, whatever else is sent: the project's key acts as
+    the engineer who made it (the engineer column of the matrix), with no header; a key of
+    another project, a wrong or revoked key gets 401 even with an admin's token."""
+    from activeseg.core.services import backend_keys
+
+    with world.stack.db.session() as s:  # type: ignore[attr-defined]
+        engineer = s.get(User, world.user_ids["engineer"])
+        _, key = backend_keys.create(s, s.get(Project, world.pid), engineer)
+        other = s.get(Project, world.other_pid)
+        _, other_key = backend_keys.create(s, other, s.get(User, world.user_ids["admin"]))
+        revoked, revoked_key = backend_keys.create(s, s.get(Project, world.pid), engineer)
+        revoked.revoked_at = revoked.created_at
+    wrong = []
+    rows = [(key, row) for key, row in MATRIX.items() if key[1].startswith("/ls/{project_id}")]
+    for (method, template), row in rows:
+        suffix = template.removeprefix("/ls/{project_id}")
+        call = CALLS.get((method, template), lambda w, who: Call())(world, "engineer")
+        cases = [(key, None, row[ALLOWED.index("engineer")])] + [
+            (bad, world.headers["admin"], 401) for bad in (other_key, revoked_key, key[:-1])
+        ]
+        for raw, headers, want in cases:
+            with world.stack.client() as c:
+                path = f"/ls/{world.pid}/k/{raw}{suffix}"
+                r = c.request(method, path, headers=headers, **call.kwargs)
+            if r.status_code != want or raw in r.text:
+                wrong.append(f"{method} {suffix} key {raw[:8]}: {r.status_code} (want {want})")
+    assert wrong == []
 
 
 def test_authorisation_matrix(world: World) -> None:

@@ -713,17 +713,19 @@ def test_file_names_are_stored_sanitised_never_used_as_paths(
 
 
 def test_label_studio_predict_with_hostile_urls_answers_per_task(target: Target) -> None:
-    """Label Studio's protocol answers 200 with an error per task it cannot predict."""
+    """Label Studio's protocol answers 200 with a skip (no ``result``: Label Studio then stores
+    nothing) per task it cannot predict."""
     urls = [f"/images/{INT64_OVER}/file", "../../etc/passwd", "file:///etc/passwd", "?d=" + "/" * 9]
     tasks = [{"id": i, "data": {"image": u}} for i, u in enumerate(urls)]
     before = snapshot(target)
     with target.stack.client(target.engineer) as c:
         r = c.post(f"/ls/{target.pid}/predict", json={"tasks": tasks})
     assert r.status_code == 200, r.text[:300]
-    errors = [res["error"] for res in r.json()["results"]]
-    assert errors == [
-        {"status": 404, "detail": f"no image of project {target.pid} at {u}"} for u in urls
+    results = r.json()["results"]
+    assert [res.get("skipped") for res in results] == [
+        f"no image of project {target.pid} at {u}" for u in urls
     ]
+    assert not any("result" in res for res in results)
     assert snapshot(target) == before
 
 

@@ -1,7 +1,11 @@
-"""Label Studio ML backend protocol under ``/ls/{project_id}``: health, setup, predict and
-webhook. Point a Label Studio project's "Model" at ``http://HOST/ls/{project_id}``; it may
-authenticate with ``Authorization: Bearer <token>`` or HTTP Basic (any user name, the API
-token as password), as Label Studio sends it."""
+"""Label Studio ML backend protocol under ``/ls/{project_id}``: health, setup, predict, versions
+and webhook.
+
+Connect Label Studio with the URL ``activeseg labelstudio connect PROJECT`` prints,
+``/ls/{project_id}/k/{key}``: the key in the path reaches every call Label Studio makes,
+including the webhook it creates itself at that URL plus ``/webhook`` (with no headers). The
+plain ``/ls/{project_id}`` routes take ``Authorization: Bearer <token>`` or HTTP Basic (any
+user name, the API token as password)."""
 
 from __future__ import annotations
 
@@ -10,15 +14,16 @@ import binascii
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
-from activeseg.api.deps import DbDep, StoreDep
+from activeseg.api.deps import DbDep, SettingsDep, StoreDep
 from activeseg.api.errors import error_responses
 from activeseg.api.schemas import RowId
-from activeseg.core.errors import Invalid, Unauthorized
-from activeseg.core.services import auth, jobs
+from activeseg.core.errors import Invalid, NotFound, Unauthorized
+from activeseg.core.services import auth, backend_keys, jobs
 from activeseg.core.tables import JobState, ModelVersion, Role, User
 from activeseg.integrations import label_studio, label_studio_annotations
 
@@ -28,12 +33,23 @@ router = APIRouter(
     responses=error_responses(403, 404, 409, 413, 415),
 )
 log = logging.getLogger(__name__)
-ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+ANNOTATION_EVENTS = (
+    *label_studio_annotations.ANNOTATION_EVENTS,
+    label_studio_annotations.DELETE_EVENT,
+)
 TRAIN_EVENT = "START_TRAINING"
 
 
 def ls_user(request: Request, db: DbDep) -> User:
-    """Bearer token, or HTTP Basic whose password is the API token."""
+    """A backend key in the path, a Bearer token, or HTTP Basic whose password is the API
+    token."""
+    key = request.path_params.get("key")
+    if key is not None:
+        project_id = str(request.path_params.get("project_id", ""))
+        if not project_id.isdigit() or len(project_id) > 12:
+            raise NotFound("no such project")
+        with db.read_session() as s:
+            return backend_keys.authenticate(s, int(project_id), key)
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     token = ""
     if scheme.lower() == "bearer":
@@ -73,32 +89,62 @@ class PredictRequest(BaseModel):
 @router.get("", include_in_schema=False)
 @router.get("/", include_in_schema=False)
 def health(project_id: RowId, user: LsUser, db: DbDep) -> dict[str, Any]:
-    with db.session() as s:
+    with db.read_session() as s:
         auth.get_project_for(s, user, project_id)
     return {"status": "UP", "model_class": "activeseg"}
 
 
 @router.post("/setup", summary="Label Studio connects: check the label config")
 def setup(project_id: RowId, body: SetupRequest, user: LsUser, db: DbDep) -> dict[str, Any]:
-    with db.session() as s:
+    """422 when the config has no usable BrushLabels tag (with an example) or names a label
+    that is not a class of the project (a subset of the classes is fine)."""
+    with db.read_session() as s:
         project = auth.get_project_for(s, user, project_id)
         if body.schema_:
-            label_studio.parse_label_config(body.schema_)  # 422 with an example if unusable
+            config = label_studio.parse_label_config(body.schema_)
+            label_studio.check_labels(project, config)
         mv = s.get(ModelVersion, project.active_model_id) if project.active_model_id else None
         return {"model_version": label_studio.model_version_name(project, mv)}
 
 
 @router.post("/predict", summary="Brush-mask predictions of the active model, one per task")
 def predict(
-    project_id: RowId, body: PredictRequest, user: LsUser, db: DbDep, store: StoreDep
+    project_id: RowId,
+    body: PredictRequest,
+    user: LsUser,
+    db: DbDep,
+    store: StoreDep,
+    settings: SettingsDep,
 ) -> dict[str, Any]:
-    """Reads the active model's stored predictions and scores (written by scoring jobs); no
-    network runs in the request. ``score`` = 1 - normalised mean uncertainty."""
+    """One entry per task, in order: ``{"result", "score", "model_version"}`` or, when there
+    is no prediction, ``{"model_version", "skipped"}`` with no ``result`` (Label Studio then
+    stores nothing and asks again). Stored predictions come from the scoring jobs; images the
+    active model has not scored are predicted here, for at most ``ACTIVESEG_LS_PREDICT_BUDGET_S``
+    seconds per request. ``score`` is the prediction's expected mIoU under the model's
+    temperature-scaled probabilities (:class:`activeseg.models.scoring.ExpectedIou`)."""
     config = label_studio.parse_label_config(body.label_config)
-    with db.session() as s:
+    with db.read_session() as s:
         project = auth.get_project_for(s, user, project_id)
-        version, results = label_studio.predict_tasks(s, store, project, body.tasks, config)
-    return {"results": results, "model_version": version}
+        plan = label_studio.plan_predictions(s, project, body.tasks, config)
+    # No session is open while images are predicted (a sync route: FastAPI's thread pool).
+    results = label_studio.run_predictions(plan, store, settings)
+    return {"results": results, "model_version": plan.version}
+
+
+@router.get("/versions", summary="The project's model versions (Label Studio's version list)")
+def versions(
+    project_id: RowId,
+    user: LsUser,
+    db: DbDep,
+    project: Annotated[
+        str | None, Query(max_length=200, description="Label Studio's project uid; unused")
+    ] = None,
+) -> dict[str, Any]:
+    """``{"versions": [names, newest first], "model_version": the active one}``; predictions
+    always come from the active version."""
+    with db.read_session() as s:
+        row = auth.get_project_for(s, user, project_id)
+        return label_studio.model_versions(s, row)
 
 
 @router.post(
@@ -126,37 +172,52 @@ def predict(
 async def webhook(
     project_id: RowId, request: Request, user: LsUser, db: DbDep, store: StoreDep
 ) -> Response:
-    """ANNOTATION_CREATED / ANNOTATION_UPDATED store the brush annotation as a new label
-    revision (source ``webhook``) and request a retrain; START_TRAINING requests a retrain.
-    Other events are acknowledged and ignored."""
+    """Annotation events change labels by the rule in
+    :mod:`activeseg.core.services.contributions`: ANNOTATION_CREATED / ANNOTATION_UPDATED /
+    ANNOTATIONS_CREATED set the pixels the annotation paints (its own contribution, replaced on
+    update), ANNOTATIONS_DELETED takes that contribution back; skipped (``was_cancelled``) and
+    empty annotations change nothing. A change makes a label revision (source ``webhook``) and
+    requests a retrain. START_TRAINING requests a retrain. Other events are acknowledged and
+    ignored (200)."""
     try:
         payload = await request.json()
     except ValueError:
         raise Invalid("the webhook body must be JSON") from None
     event = payload.get("action") if isinstance(payload, dict) else None
-    with db.session() as s:  # outsiders learn nothing, not even that an event is ignored
+    with db.read_session() as s:  # outsiders learn nothing, not even that an event is ignored
         auth.get_project_for(s, user, project_id)
     if event not in (*ANNOTATION_EVENTS, TRAIN_EVENT):
-        shown = event if isinstance(event, str) else None  # a NaN "action" is no JSON to echo
+        shown = event[:40] if isinstance(event, str) else None  # a NaN "action" is no JSON
         return JSONResponse({"status": "ignored", "event": shown}, status_code=200)
-    revision = None
+    assert isinstance(payload, dict)
+    outcomes: list[dict[str, Any]] = []
+    job_id, pending = None, False
     with db.session() as s:
         project = auth.get_project_for(s, user, project_id)
         auth.require_role(user, Role.annotator if event != TRAIN_EVENT else Role.engineer)
+        changed = event == TRAIN_EVENT
         if event in ANNOTATION_EVENTS:
-            rev = label_studio_annotations.store_annotation(s, store, project, user, payload)
-            revision = rev.revision if rev is not None else None
-        job, _ = jobs.request_job(
-            s,
-            project_id=project.id,
-            kind="retrain",
-            params={"from_scratch": False, "activate": None},
-            user=user,
-        )
-        job_id, pending = job.id, job.state == JobState.pending.value
-    if pending:
+            result = label_studio_annotations.handle_event(s, store, project, user, payload)
+            outcomes, changed = result.outcomes, result.changed
+        if changed:
+            job, _ = jobs.request_job(
+                s,
+                project_id=project.id,
+                kind="retrain",
+                params={"from_scratch": False, "activate": None},
+                user=user,
+            )
+            job_id, pending = job.id, job.state == JobState.pending.value
+    if pending and job_id is not None:
         request.app.state.dispatch(job_id)  # after the commit
-    body = {"status": "ok", "event": event, "revision": revision, "job_id": job_id}
+    revisions = [o["revision"] for o in outcomes if o.get("revision") is not None]
+    body = {
+        "status": "ok",
+        "event": event,
+        "annotations": outcomes,
+        "revision": revisions[-1] if revisions else None,
+        "job_id": job_id,
+    }
     return JSONResponse(body, status_code=status.HTTP_201_CREATED)
 
 
@@ -171,3 +232,25 @@ def label_config(project_id: RowId, user: LsUser, db: DbDep) -> Response:
         project = auth.get_project_for(s, user, project_id)
         xml = label_studio.suggested_label_config(project)
     return Response(xml, media_type="application/xml")
+
+
+def _add_keyed_routes() -> None:
+    """Every route above again under ``/k/{key}``: the URL ``activeseg labelstudio connect``
+    prints, which Label Studio keeps for all its calls and for the webhook it makes itself.
+    ``ls_user`` reads the key from the path. Left out of the schema: the key is a secret."""
+    for route in list(router.routes):
+        if not isinstance(route, APIRoute) or "/k/{key}" in route.path:
+            continue
+        sub = route.path.removeprefix(router.prefix)
+        router.add_api_route(
+            "/k/{key}" + sub,
+            route.endpoint,
+            methods=sorted(route.methods or ()),
+            status_code=route.status_code,
+            response_class=route.response_class,
+            summary=route.summary,
+            include_in_schema=False,
+        )
+
+
+_add_keyed_routes()

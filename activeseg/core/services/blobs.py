@@ -41,6 +41,7 @@ from activeseg.core.tables import (
     LabelRevision,
     ModelVersion,
     RegionSet,
+    ToolAnnotation,
 )
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ BLOB_KEY_COLUMNS: tuple[InstrumentedAttribute[Any], ...] = (
     RegionSet.blob_key,
     ImageScore.heatmap_key,
     ImageScore.prediction_key,
+    ToolAnnotation.blob_key,  # a labelling tool's contribution (values painted, prior values)
 )
 # JSON columns that may hold blob keys anywhere inside (lists, dict values).
 BLOB_KEY_JSON_COLUMNS: tuple[InstrumentedAttribute[Any], ...] = (
