@@ -262,6 +262,9 @@ def annotate_queue(
         answer: dict[str, Any]
         if protocol == "exact":
             patch = np.where(inside, window, IGNORE).astype(np.uint8)
+            if not (patch != IGNORE).any():  # nothing labelled under the region: skip it
+                client.post(f"/tasks/{lease['task']['id']}/skip", json={"reason": "unclear"})
+                continue
             answer = {"patch_png": base64.b64encode(_png(patch)).decode()}
         else:
             gt = window[inside]

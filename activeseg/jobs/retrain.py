@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from activeseg.core.imaging import decode_image
+from activeseg.core.services.jobs import TRAIN_SPLITS
 from activeseg.core.services.labels import read_mask, with_mask_key
 from activeseg.core.services.models import load_predictor, model_config_for, project_in_channels
 from activeseg.core.services.projects import project_settings
@@ -77,9 +78,7 @@ def retrain(
     else:
         config = model_config_for(project, in_channels, ctx.settings)
         ctx.progress(0.01, "loading labels", force=True)
-        _, images, masks, snapshot = load_split(
-            ctx, project.id, (Split.pool.value, Split.train.value)
-        )
+        _, images, masks, snapshot = load_split(ctx, project.id, TRAIN_SPLITS)
         if not images:
             raise ValueError("no labelled images to train on: label some regions first")
         _, val_images, val_masks, _ = load_split(ctx, project.id, (Split.val.value,))

@@ -1,14 +1,20 @@
-"""Running one job row: claim it, keep its heartbeat, record progress, success or failure."""
+"""Running one job row: claim it, keep its heartbeat, record progress, success or failure.
+
+A failed job's ``error`` is what people read (``GET /jobs/{id}``, ``activeseg jobs``, the
+``job.failed`` webhook): one line. A failure with a known cause keeps its own message; any
+other says only which exception it was, and the worker log has its traceback
+(:func:`failure_detail`).
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import case, or_, update
@@ -16,6 +22,7 @@ from sqlalchemy.exc import OperationalError
 
 from activeseg.core import failpoints
 from activeseg.core.db import Database
+from activeseg.core.errors import DomainError
 from activeseg.core.services.jobs import request_job
 from activeseg.core.settings import Settings
 from activeseg.core.storage import BlobStore
@@ -37,6 +44,51 @@ class TransientError(Exception):
 
 
 TRANSIENT = (OperationalError, ConnectionError, TimeoutError, TransientError)
+
+_PACKAGE = Path(__file__).resolve().parent.parent  # the activeseg package folder
+MAX_ERROR_CHARS = 1000
+
+
+def _raised_by_activeseg(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc``'s traceback is activeseg's own code."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
+
+
+def _known_cause(exc: Exception) -> bool:
+    """A failure whose message was written for people: a domain error (core/errors.py), a
+    ValueError (validation: ModelConfigError, a job's own checks such as "no labelled images
+    to train on"), another exception class the project defines (webhooks' DeliveryFailed,
+    models' DeviceUnavailableError, ...), or a plain RuntimeError raised by the project's own
+    code (verify_storage's "n missing blobs"). Anything else (KeyError, TypeError, an
+    assertion, an error inside torch or SQLAlchemy) is a bug: its message means nothing to
+    the person who asked for the job. So is an exception without a message."""
+    if not str(exc).strip():
+        return False
+    if isinstance(exc, DomainError | ValueError):
+        return True
+    if type(exc).__module__.split(".")[0] == "activeseg":
+        return True
+    return type(exc) is RuntimeError and _raised_by_activeseg(exc)
+
+
+def failure_detail(exc: Exception, kind: str, job_id: int) -> str:
+    """The one line a failed job shows as its ``error``: a known cause's own message
+    (whitespace folded onto one line, cut at MAX_ERROR_CHARS), else the exception's type and
+    where to look."""
+    if _known_cause(exc):
+        message = " ".join(str(exc).split())
+        if len(message) > MAX_ERROR_CHARS:
+            message = message[: MAX_ERROR_CHARS - 1] + "…"
+        return message
+    return (
+        f"job {kind} failed unexpectedly ({type(exc).__name__}); the worker log has the "
+        f"details (job id {job_id})"
+    )
 
 
 @dataclass(frozen=True)
@@ -183,7 +235,8 @@ def run_job(
     dispatch: Dispatcher,
 ) -> dict[str, Any] | None:
     """Run ``fn`` for job ``job_id``. Transient errors propagate (the shell retries); any other
-    error marks the job failed with its message and does not propagate."""
+    error marks the job failed with :func:`failure_detail` as its ``error`` (the traceback goes
+    to the log) and does not propagate."""
     job = claim(db, job_id, settings.job_stale_after_s)
     if job is None:
         log.info("job %s already finished; nothing to do", job_id)
@@ -207,11 +260,12 @@ def run_job(
         _finish(db, job_id, JobState.queued, error=None, message="transient error; will retry")
         raise
     except Exception as exc:
-        log.exception("job %s (%s) failed", job_id, job.kind)
-        detail = f"{type(exc).__name__}: {exc}"
-        _finish(
-            db, job_id, JobState.failed, error=detail, message=traceback.format_exc(limit=3)[-2000:]
-        )
+        detail = failure_detail(exc, job.kind, job_id)
+        if _known_cause(exc):
+            log.warning("job %s (%s) failed: %s", job_id, job.kind, detail, exc_info=True)
+        else:
+            log.exception("job %s (%s) failed unexpectedly", job_id, job.kind)
+        _finish(db, job_id, JobState.failed, error=detail, message="failed")
         notify(ctx, "job.failed", {"job_id": job_id, "kind": job.kind, "error": detail})
         return None
     finally:

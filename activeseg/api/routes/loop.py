@@ -134,11 +134,13 @@ def retrain(
     project_id: RowId, body: RetrainRequest, user: Engineer, db: DbDep, request: Request
 ) -> JobPublic:
     """Train a new model version on the current labels; when it is activated the pool is
-    re-scored and a new queue built."""
+    re-scored and a new queue built. 409 while no pool or train image has labels."""
     params: dict[str, Any] = {"from_scratch": body.from_scratch, "activate": body.activate}
     with db.session() as s:
+        project = auth.get_project_for(s, user, project_id)
+        jobs.require_training_labels(s, project.id)
         # A manual retrain covers the labels counted so far toward the automatic one.
-        auth.get_project_for(s, user, project_id).labels_since_retrain = 0
+        project.labels_since_retrain = 0
     return _request(request, db, user, project_id, "retrain", params, body.request_id)
 
 

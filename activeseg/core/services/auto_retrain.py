@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from activeseg.core.services.jobs import request_job
+from activeseg.core.services.jobs import has_training_labels, request_job
 from activeseg.core.services.projects import project_settings
 from activeseg.core.tables import Job, Project
 
@@ -22,8 +22,8 @@ def maybe_request_retrain(session: Session, project: Project) -> Job | None:
         .where(Project.id == project.id, Project.labels_since_retrain >= every)
         .values(labels_since_retrain=0)
     ).rowcount  # type: ignore[attr-defined]
-    if not fired:
-        return None
+    if not fired or not has_training_labels(session, project.id):
+        return None  # e.g. answers on an image moved to val since: a retrain could only fail
     job, _ = request_job(
         session, project_id=project.id, kind="retrain", params={"trigger": "auto"}, request_id=None
     )

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from activeseg.core.errors import Conflict, NotFound
 from activeseg.core.services.auth import get_project_for
-from activeseg.core.tables import Job, JobState, User
+from activeseg.core.tables import Image, Job, JobState, Split, User
 
 ACTIVE_STATES = (
     JobState.pending.value,
@@ -23,6 +23,32 @@ ACTIVE_STATES = (
     JobState.running.value,
     JobState.waiting.value,
 )
+# The images a retrain trains on: pool and train images with labelled pixels (val and test
+# labels are held out for calibration and evaluation); see activeseg/jobs/retrain.py.
+TRAIN_SPLITS = (Split.pool.value, Split.train.value)
+
+
+def has_training_labels(session: Session, project_id: int) -> bool:
+    """Whether a retrain of the project has anything to train on."""
+    first = session.scalar(
+        select(Image.id)
+        .where(
+            Image.project_id == project_id,
+            Image.split.in_(TRAIN_SPLITS),
+            Image.labelled_pixels > 0,
+        )
+        .limit(1)
+    )
+    return first is not None
+
+
+def require_training_labels(session: Session, project_id: int) -> None:
+    """Conflict, at request time, where a retrain job would only fail in the worker."""
+    if not has_training_labels(session, project_id):
+        raise Conflict(
+            f"project {project_id} has no labelled pool or train images to train on yet; "
+            "label some through its tasks or upload masks, then retrain"
+        )
 
 
 def request_job(
