@@ -49,8 +49,15 @@ def main() -> None:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(
                 executable_path="/usr/bin/chromium",
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                      "--disable-component-update", "--disable-sync", "--no-first-run"])
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                ],
+            )
             tab = browser.new_page(viewport={"width": 1280, "height": 800})
             tab.goto(f"{base}/annotate?project={pid}")
             tab.fill("#token", token)
@@ -69,7 +76,8 @@ def main() -> None:
                 )
                 tab.wait_for_selector(".class-btn .proposed", timeout=60_000)
             tab.keyboard.press("u")
-            tab.wait_for_timeout(800)
+            # The key handler redraws the canvas before it returns: checked means drawn.
+            tab.wait_for_function("document.getElementById('show-heat').checked")
             tab.mouse.move(5, 5)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             tab.screenshot(path=str(args.out))
