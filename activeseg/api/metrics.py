@@ -1,5 +1,5 @@
-"""Prometheus metrics at ``GET /metrics``: request latency per route template, lease and label
-counters, and queue, job and scoring figures read from the database at scrape time.
+"""Prometheus metrics at ``GET /metrics``: request latency per route template, lease, label and
+skip counters, and queue, job and scoring figures read from the database at scrape time.
 
 Why the gauges come from the database: the API may run as several processes and scoring runs
 in Celery worker processes, so a gauge kept in one process's memory would be right for that
@@ -58,12 +58,26 @@ REQUEST_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
     registry=None,
 )
+# The task counters are per project (a bounded label: projects are few), never per user: the
+# stats route (GET /projects/{id}/annotators) shows per-user figures to those allowed to see
+# them, and /metrics needs no token.
 TASKS_LEASED = Counter(
-    "activeseg_tasks_leased", "Tasks leased to annotators (POST .../tasks/next)", registry=None
+    "activeseg_tasks_leased",
+    "Tasks leased to annotators (POST /projects/{id}/tasks/next), by project",
+    ["project_id"],
+    registry=None,
 )
 LABELS_SUBMITTED = Counter(
     "activeseg_labels_submitted",
-    "Task answers stored as new label revisions (POST /tasks/{id}/submit; retries not counted)",
+    "Task answers stored as new label revisions (POST /tasks/{id}/submit; retries not "
+    "counted), by project",
+    ["project_id"],
+    registry=None,
+)
+TASKS_SKIPPED = Counter(
+    "activeseg_tasks_skipped",
+    "Tasks skipped by annotators (POST /tasks/{id}/skip), by project",
+    ["project_id"],
     registry=None,
 )
 UNMATCHED = "unmatched"
@@ -266,6 +280,7 @@ def metrics_registry(db: Database) -> CollectorRegistry:
             REQUEST_DURATION,
             TASKS_LEASED,
             LABELS_SUBMITTED,
+            TASKS_SKIPPED,
             PROCESS_COLLECTOR,
             PLATFORM_COLLECTOR,
             GC_COLLECTOR,

@@ -108,10 +108,12 @@ def test_metrics_after_upload_queue_two_leases_and_a_submission(
 
     # Counters: process-wide, so compared with the scrape before.
     def delta(name: str) -> float:
-        return value(after, name) - value(before, name)
+        return value(after, name, project_id=pid) - value(before, name, project_id=pid)
 
+    # Per project: this project's series, no other's (and no series without a project).
     assert delta("activeseg_tasks_leased_total") == 2
     assert delta("activeseg_labels_submitted_total") == 1
+    assert value(after, "activeseg_tasks_leased_total") == 0
 
     # The histogram is labelled by route template, never by the raw path.
     def requests(method: str, route: str, status: int) -> float:
