@@ -15,6 +15,7 @@ from activeseg.api.metrics import install_metrics
 from activeseg.api.ratelimit import install_rate_limits
 from activeseg.api.routes import (
     annotate,
+    annotators,
     exports,
     health,
     images,
@@ -78,6 +79,7 @@ def create_app(
         loop,
         tasks,
         annotate,
+        annotators,
         labelstudio,
         ls_keys,
         exports,

@@ -411,7 +411,7 @@ def retrain(
 
 def _job_line(job: dict[str, Any]) -> str:
     note = (job.get("error") or job.get("message") or "").strip()
-    note = note.splitlines()[0][:60] if note else ""
+    note = note.splitlines()[0][:160] if note else ""
     return (
         f"{job['id']:>6}  {job['kind']:<15} {job['state']:<10} "
         f"{100 * job['progress']:5.1f}%  {note}"

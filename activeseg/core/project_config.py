@@ -122,7 +122,20 @@ class ProjectSettings(BaseModel):
     )
     auto_activate: bool = True
     lease_seconds: int = Field(default=600, ge=5, le=86_400)
-    overlap: int = Field(default=1, ge=1, le=10)
+    overlap: int = Field(
+        default=1,
+        ge=1,
+        le=10,
+        description="answers per task, each from a different annotator; the label is their "
+        "consensus (activeseg.core.services.overlap)",
+    )
+    agreement_threshold: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="with overlap > 1: a task whose answers agree on less than this share of "
+        "its labelled pixels is held back from training as 'disputed'",
+    )
     seed: int = Field(
         default=0,
         ge=0,

@@ -89,6 +89,9 @@ class TaskState(enum.StrEnum):
     submitted = "submitted"
     skipped = "skipped"
     stale = "stale"
+    # overlap > 1: all k answers are in but they agree less than the project's threshold, so
+    # the consensus is held back from training (activeseg.core.services.overlap)
+    disputed = "disputed"
 
 
 class JobState(enum.StrEnum):
@@ -380,6 +383,12 @@ class Task(Base):
     answered_pixels: Mapped[int | None] = mapped_column(BigInteger)
     model_wrong_pixels: Mapped[int | None] = mapped_column(BigInteger)
     clicks: Mapped[int | None] = mapped_column(Integer)
+    # overlap > 1 (activeseg.core.services.overlap): answers collected so far, and once all
+    # are in, the share of the regions' pixels on which every answer agrees, and the task's
+    # sufficient statistics of Fleiss' kappa ({"items", "p_sum", "counts"}).
+    answers: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    agreement: Mapped[float | None] = mapped_column(Float)
+    kappa_stats: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -512,3 +521,25 @@ class ToolAnnotation(Base):
     revision: Mapped[int | None] = mapped_column(Integer)  # the label revision it last made
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class TaskAnswer(Base):
+    """One annotator's answer to a task of a project with overlap > 1: the window over the
+    task's bounding box (255 = says nothing) as a blob. One per (task, user): a region is never
+    answered twice by the same annotator, whatever leases lapse or are released."""
+
+    __tablename__ = "task_answers"
+    __table_args__ = (
+        UniqueConstraint("task_id", "user_id", name="uq_task_answers_task_user"),
+        Index("ix_task_answers_user", "user_id", "task_id"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    blob_key: Mapped[str] = mapped_column(String(200))
+    answered_pixels: Mapped[int] = mapped_column(BigInteger)
+    clicks: Mapped[int] = mapped_column(Integer)
+    agreement: Mapped[float | None] = mapped_column(Float)  # with the consensus, once known
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    leased_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    submitted_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

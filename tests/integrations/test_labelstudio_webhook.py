@@ -189,7 +189,11 @@ def test_a_change_requests_a_retrain(stack: Stack, admin, scored) -> None:  # ty
 
 def test_webhook_start_training_and_other_events(admin, scored) -> None:  # type: ignore[no-untyped-def]
     pid = scored["pid"]
-    r = admin.post(f"/ls/{pid}/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
+    start = {"action": "START_TRAINING", "project": {"id": 1}}
+    r = admin.post(f"/ls/{pid}/webhook", json=start)  # nothing labelled: refused at once
+    assert r.status_code == 409 and "no labelled pool or train images" in r.json()["detail"]
+    put_mask(admin, scored["images"][0]["id"], _stroke(0, 4, 0, 4, 1))
+    r = admin.post(f"/ls/{pid}/webhook", json=start)
     assert r.status_code == 201 and r.json()["job_id"] > 0
     r = admin.post(f"/ls/{pid}/webhook", json={"action": "PROJECT_UPDATED"})
     assert r.status_code == 200 and r.json()["status"] == "ignored"

@@ -59,7 +59,9 @@ class Record:
     errors: list[str] = field(default_factory=list)
 
 
-def _prepare(stack: Stack, admin: httpx.Client, n_images: int, n_users: int) -> Load:
+def _prepare(
+    stack: Stack, admin: httpx.Client, n_images: int, n_users: int, **settings: Any
+) -> Load:
     project = make_project(
         admin,
         n_classes=N_CLASSES,
@@ -67,6 +69,7 @@ def _prepare(stack: Stack, admin: httpx.Client, n_images: int, n_users: int) -> 
         region_size=TILE,
         per_image_cap=None,
         lease_seconds=3600,  # nothing lapses during the test
+        **settings,
     )
     pid = project["id"]
     images: list[int] = []

@@ -59,6 +59,7 @@ EXEMPT = {
     "/health": "load balancers probe it; it reports only up/down per component",
     "/metrics": "Prometheus scrapes it; counters only, no project data",
     "/annotate": "the annotator page; it asks for a token, every API call it makes sends one",
+    "/annotate/annotators": "the annotator statistics page; it asks for a token likewise",
     "/static/{name}": "the page's JS/CSS (a fixed allow-list of file names)",
     "/openapi.json": "the API description (no data)",
     "/docs": "Swagger UI over /openapi.json",
@@ -118,6 +119,9 @@ MATRIX: dict[tuple[str, str], R] = {
     # annotation: any member leases; only the lease holder acts on a task
     ("POST", "/projects/{project_id}/tasks/next"): (200, 200, 200, 404, 404),
     ("GET", "/projects/{project_id}/queue"): (200, 200, 200, 404, 404),
+    # per-annotator statistics: members see them (an annotator only their own row)
+    ("GET", "/projects/{project_id}/annotators"): (200, 200, 200, 404, 404),
+    ("GET", "/projects/{project_id}/agreement"): (200, 200, 200, 404, 404),
     ("GET", "/tasks/{task_id}"): (200, 200, 200, 404, 404),
     ("POST", "/tasks/{task_id}/heartbeat"): (200, 200, 200, 404, 404),
     ("POST", "/tasks/{task_id}/release"): (200, 200, 200, 404, 404),

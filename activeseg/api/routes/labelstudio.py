@@ -199,7 +199,9 @@ async def webhook(
         if event in ANNOTATION_EVENTS:
             result = label_studio_annotations.handle_event(s, store, project, user, payload)
             outcomes, changed = result.outcomes, result.changed
-        if changed:
+        if event == TRAIN_EVENT:
+            jobs.require_training_labels(s, project.id)  # 409 now, not a job that fails
+        if changed and jobs.has_training_labels(s, project.id):
             job, _ = jobs.request_job(
                 s,
                 project_id=project.id,

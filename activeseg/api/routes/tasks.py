@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from activeseg.api.deps import CurrentUser, DbDep, SettingsDep, StoreDep
 from activeseg.api.errors import error_responses
-from activeseg.api.metrics import LABELS_SUBMITTED, TASKS_LEASED
+from activeseg.api.metrics import LABELS_SUBMITTED, TASKS_LEASED, TASKS_SKIPPED
 from activeseg.api.schemas import NO_NUL, LabelRevisionPublic, RowId
 from activeseg.core.errors import Invalid
 from activeseg.core.imaging import decode_index, encode_png
@@ -42,6 +42,10 @@ class TaskPublic(BaseModel):
     state: str
     lease_expires_at: datetime | None
     skip_reason: str | None = None
+    answers: int = Field(default=0, description="answers collected (overlap > 1)")
+    agreement: float | None = Field(
+        default=None, description="overlap > 1: share of pixels all answers agree on"
+    )
 
 
 class TaskLease(BaseModel):
@@ -72,9 +76,15 @@ class SubmitBody(BaseModel):
     patch_png: str | None = Field(
         default=None,
         description="base64 index PNG over bbox; 255 = unlabelled, pixels "
-        "outside the regions must be 255",
+        "outside the regions must be 255, at least one inside them must not be",
     )
-    idempotency_key: str | None = Field(default=None, max_length=100, pattern=NO_NUL)
+    idempotency_key: str | None = Field(
+        default=None,
+        max_length=100,
+        pattern=NO_NUL,
+        description="a retry with the same key and answer gets the first answer back; "
+        "another answer under a key already used is refused (422)",
+    )
 
 
 class SkipBody(BaseModel):
@@ -86,7 +96,10 @@ class SkipBody(BaseModel):
 
 class SubmitResult(BaseModel):
     task: TaskPublic
-    revision: LabelRevisionPublic
+    revision: LabelRevisionPublic | None = Field(
+        description="the label revision the answer made; with overlap > 1 the consensus "
+        "revision, null until the last of the k answers (or when they disagree: 'disputed')"
+    )
     created: bool
 
 
@@ -176,7 +189,7 @@ def lease_next(
         task = tasks.lease_next(s, project, user, lease_s)
         if task is None:
             return Response(status_code=status.HTTP_204_NO_CONTENT)
-    TASKS_LEASED.inc()  # after the lease committed
+    TASKS_LEASED.labels(project_id=str(project_id)).inc()  # after the lease committed
     # Building the payload reads blobs: outside the lease transaction, which stays short. The
     # task and project stay loaded after the commit (expire_on_commit=False): not read again.
     # A write session: a task queued on a map that is not stored yet (tasks made outside
@@ -218,7 +231,9 @@ def skip(task_id: RowId, body: SkipBody, user: CurrentUser, db: DbDep) -> Task:
     """Take an unlabellable region out of the queue, with a reason."""
     with db.session() as s:
         task, _ = _task_and_project(s, user, task_id)
-        return tasks.skip(s, task, user, body.reason)
+        skipped = tasks.skip(s, task, user, body.reason)
+    TASKS_SKIPPED.labels(project_id=str(skipped.project_id)).inc()  # after the skip committed
+    return skipped
 
 
 def _decode_patch(data: str) -> np.ndarray:
@@ -248,9 +263,11 @@ def submit(
     request: Request,
     idempotency_key: Annotated[str | None, Header(max_length=100)] = None,
 ) -> SubmitResult:
-    """Label the task's regions: one class per region, or a mask patch over its bbox. The
-    answer becomes a new label revision of the image; the same idempotency key stores it
-    once (a retried request gets the first answer back with 200)."""
+    """Label the task's regions: one class per region, or a mask patch over its bbox that
+    labels at least one pixel of the regions (422 otherwise: skip a task you cannot label).
+    The answer becomes a new label revision of the image. The same idempotency key (the
+    ``Idempotency-Key`` header or ``idempotency_key``) stores it once: a retried request with
+    the same answer gets the first one back with 200; another answer under that key is 422."""
     patch = _decode_patch(body.patch_png) if body.patch_png is not None else None
     sub = tasks.Submission(
         region_classes=body.classes,
@@ -263,10 +280,11 @@ def submit(
         retrain_job = maybe_request_retrain(s, project) if created else None
         result = SubmitResult(
             task=TaskPublic.model_validate(task),
-            revision=LabelRevisionPublic.model_validate(rev),
+            revision=LabelRevisionPublic.model_validate(rev) if rev is not None else None,
             created=created,
         )
-    LABELS_SUBMITTED.inc(int(created))  # a retried submission stored nothing new
+    # A retried submission stored nothing new.
+    LABELS_SUBMITTED.labels(project_id=str(project.id)).inc(int(created))
     if retrain_job is not None and retrain_job.state == "pending":
         request.app.state.dispatch(retrain_job.id)  # after the commit
     if not created:

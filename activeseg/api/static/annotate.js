@@ -244,14 +244,33 @@ async function openProject(id) {
 
 // ---------------------------------------------------------------- classes and tools
 
-function keyFor(classId) {
-  if (classId < 9) return String(classId + 1);
-  return classId === 9 ? "0" : "";
+// Keys follow the classes as shown (state.classes, in id order): 1-9 and 0 pick the first ten,
+// Shift+1-9 and Shift+0 the next ten, "," and "." step to the previous / next class.
+// Matched on the physical number row (KeyboardEvent.code), so Shift+1 is Shift+1 and not "!",
+// on any keyboard layout.
+const CLASS_KEYS = 20;
+
+/** What the class button at `index` (0-based, display order) shows: "1".."0", "⇧1".."⇧0". */
+function keyLabel(index) {
+  if (index >= CLASS_KEYS) return "";
+  const digit = String((index + 1) % 10);
+  return index < 10 ? digit : `\u21e7${digit}`;
+}
+
+/** The display index a number key picks: 1 -> 0, ..., 9 -> 8, 0 -> 9; Shift adds 10. */
+function indexOfKey(digit, shift) {
+  return ((digit + 9) % 10) + (shift ? 10 : 0);
+}
+
+function digitOf(e) {
+  const m = /^(?:Digit|Numpad)([0-9])$/.exec(e.code || "");
+  if (m) return Number(m[1]);
+  return /^[0-9]$/.test(e.key) ? Number(e.key) : null;
 }
 
 function buildClassButtons() {
   el.classes.replaceChildren();
-  for (const c of state.classes) {
+  state.classes.forEach((c, index) => {
     const b = document.createElement("button");
     b.type = "button";
     b.className = "class-btn";
@@ -259,19 +278,35 @@ function buildClassButtons() {
     b.setAttribute("aria-pressed", "false");
     const sw = document.createElement("span");
     sw.className = "swatch";
-    sw.style.background = c.colour;
+    sw.style.backgroundColor = c.colour;
+    // The legend keeps the class colour; a dark one gets the stripes its tint gets on the image.
+    sw.classList.toggle("dark", isDark(colourOf(c.id)));
     const name = document.createElement("span");
     name.className = "name";
     name.textContent = c.name;
-    const key = document.createElement("kbd");
-    key.className = "key";
-    key.textContent = keyFor(c.id);
-    b.title = `${c.name} (class ${c.id}${keyFor(c.id) ? `, key ${keyFor(c.id)}` : ""})`;
+    const label = keyLabel(index);
+    const spoken = label.replace("\u21e7", "Shift+");
+    b.title = `${c.name} (class ${c.id}${label ? `, key ${spoken}` : ""})`;
     b.append(sw, name);
-    if (keyFor(c.id)) b.append(key);
+    if (label) {
+      const key = document.createElement("kbd");
+      key.className = "key";
+      key.textContent = label;
+      key.title = spoken;
+      b.append(key);
+    }
     b.addEventListener("click", () => selectClass(c.id));
     el.classes.append(b);
-  }
+  });
+}
+
+/** Select the class `step` places after (or before) the selected one, wrapping around. */
+function stepClass(step) {
+  const n = state.classes.length;
+  if (!n) return;
+  const at = state.classes.findIndex((c) => c.id === state.selected);
+  const index = at < 0 ? (step > 0 ? 0 : n - 1) : (((at + step) % n) + n) % n;
+  selectClass(state.classes[index].id);
 }
 
 function selectClass(id) {
@@ -280,7 +315,10 @@ function selectClass(id) {
   state.eraser = false;
   el.eraser.setAttribute("aria-pressed", "false");
   for (const b of el.classes.children) {
-    b.setAttribute("aria-pressed", String(Number(b.dataset.classId) === id));
+    const on = Number(b.dataset.classId) === id;
+    b.setAttribute("aria-pressed", String(on));
+    // A long class list scrolls inside its box: keep the chosen one in sight.
+    if (on) b.scrollIntoView({ block: "nearest" });
   }
   draw();
 }
@@ -317,6 +355,43 @@ function colourOf(id) {
   const c = state.classes.find((k) => k.id === id);
   const hex = (c?.colour || "#808080").replace("#", "");
   return [0, 2, 4].map((i) => parseInt(hex.slice(i, i + 2), 16));
+}
+
+// A class drawn in a dark colour (black background, navy, ...) would vanish on a dark image
+// at any opacity: its tint gets light diagonal stripes on top, drawn in screen pixels so they
+// stay thin at any zoom. Below this relative luminance a colour counts as dark (#404040 is 0.05,
+// the lightest grey that still gets stripes; tab10 blue #1f77b4 is 0.18 and does not).
+const DARK_LUMINANCE = 0.06;
+const STRIPE = "rgba(255, 255, 255, 0.85)";
+
+/** WCAG relative luminance of an sRGB colour [r, g, b] in 0-255: 0 (black) to 1 (white). */
+function luminance(rgb) {
+  const [r, g, b] = rgb.map((v) => {
+    const c = v / 255;
+    return c <= 0.04045 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+  });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+}
+
+function isDark(rgb) {
+  return luminance(rgb) < DARK_LUMINANCE;
+}
+
+/** Where an RGBA layer is drawn in a dark colour: a canvas opaque there, or null if nowhere. */
+function darkMask(data, w, h, out = null) {
+  const mask = new ImageData(w, h);
+  let any = false;
+  for (let i = 0; i < w * h; i++) {
+    const o = i * 4;
+    if (data[o + 3] > 0 && isDark([data[o], data[o + 1], data[o + 2]])) {
+      mask.data[o + 3] = 255;
+      any = true;
+    }
+  }
+  if (!any) return null;
+  const c = out || new OffscreenCanvas(w, h);
+  c.getContext("2d").putImageData(mask, 0, 0);
+  return c;
 }
 
 // ---------------------------------------------------------------- tasks
@@ -483,14 +558,18 @@ async function showTask(lease) {
 
   // The model's proposal (class colours), masked to the region.
   let proposal = null;
+  let proposalDark = null;
   if (prediction) {
     const fx = prediction.width / imgW;
     const fy = prediction.height / imgH;
     const px = pixelsOf(prediction, bx0 * fx, by0 * fy, w * fx, h * fy, w, h);
     for (let i = 0; i < w * h; i++) if (!inside[i]) px.data[i * 4 + 3] = 0;
     proposal = canvasOf(px);
+    proposalDark = darkMask(px.data, w, h);
     prediction.close();
   }
+  const insideRgba = new ImageData(w, h);
+  for (let i = 0; i < w * h; i++) insideRgba.data[i * 4 + 3] = inside[i] ? 255 : 0;
 
   const counts = new Map();
   for (const cls of Object.values(lease.proposed_classes || {})) {
@@ -501,12 +580,15 @@ async function showTask(lease) {
   state.lease = lease;
   state.task = {
     w, h, bx0, by0, cx0, cy0, cw, ch, imgW, imgH,
-    image, heat, proposal, inside,
+    image, heat, proposal, proposalDark, inside,
+    insideMask: canvasOf(insideRgba),
     dim: canvasOf(dim),
     outline: outlinePath(inside, w, h, bx0, by0),
     patch: new Uint8Array(w * h).fill(255),
     patchImage: new ImageData(w, h),
     patchCanvas: new OffscreenCanvas(w, h),
+    patchDarkCanvas: new OffscreenCanvas(w, h),
+    patchDark: null,
     idempotencyKey: uuid4(),
     expiresAt: parseTime(lease.lease_expires_at),
   };
@@ -568,6 +650,7 @@ function renderPatch() {
     d.set([r, g, b, 255], i * 4);
   }
   t.patchCanvas.getContext("2d").putImageData(t.patchImage, 0, 0);
+  t.patchDark = darkMask(d, t.w, t.h, t.patchDarkCanvas);
 }
 
 async function submit() {
@@ -597,13 +680,19 @@ async function submit() {
     const result = await api("POST", `/tasks/${lease.task.id}/submit`, body);
     state.done.submitted += 1;
     showDone();
-    setStatus(`Saved task #${lease.task.id} (revision ${result.revision.revision}).`, "ok");
+    const saved = result.revision
+      ? `revision ${result.revision.revision}`
+      : `answer ${result.task.answers} of the overlap`;
+    setStatus(`Saved task #${lease.task.id} (${saved}).`, "ok");
     state.lease = null;
   } catch (err) {
     setStatus(`Not saved: ${describe(err)}`, "error");
     state.busy = false;
     updateButtons();
-    if (err instanceof ApiError && err.status === 409) offerNext();
+    // 409: the task is no longer yours; 422 naming the Idempotency-Key: an earlier attempt of
+    // this answer was stored (its response was lost) and the paint changed since.
+    const stored = err instanceof ApiError && err.status === 422 && /Idempotency-Key/.test(err.message);
+    if ((err instanceof ApiError && err.status === 409) || stored) offerNext();
     return;
   }
   state.busy = false;
@@ -731,6 +820,7 @@ async function heartbeat() {
 // ---------------------------------------------------------------- drawing
 
 const view = { scale: 1, ox: 0, oy: 0, dpr: 1 };
+const stripeLayer = { canvas: null, pattern: null, dpr: 0 }; // reused by stripes()
 
 function resizeCanvas() {
   const dpr = window.devicePixelRatio || 1;
@@ -776,17 +866,22 @@ function draw() {
     if (showProposal) {
       ctx.globalAlpha = 0.3;
       ctx.drawImage(t.proposal, t.bx0, t.by0);
+      stripes(t.proposalDark, t.bx0, t.by0, 0.35);
     }
     ctx.globalAlpha = 0.7;
     ctx.drawImage(t.patchCanvas, t.bx0, t.by0);
+    stripes(t.patchDark, t.bx0, t.by0, 1);
   } else if (showProposal) {
     ctx.globalAlpha = 0.5;
     ctx.drawImage(t.proposal, t.bx0, t.by0);
+    stripes(t.proposalDark, t.bx0, t.by0, 1);
   } else if (state.selected !== null) {
     // No proposal on screen: tint the region with the chosen class.
+    const rgb = colourOf(state.selected);
     ctx.globalAlpha = 0.3;
-    ctx.fillStyle = `rgb(${colourOf(state.selected).join(",")})`;
+    ctx.fillStyle = `rgb(${rgb.join(",")})`;
     ctx.fill(regionFill(t));
+    if (isDark(rgb)) stripes(t.insideMask, t.bx0, t.by0, 1);
   }
   ctx.globalAlpha = 1;
   if (el.showOutline.checked) {
@@ -801,10 +896,64 @@ function draw() {
   if (state.mode === "brush" && state.hover) {
     ctx.beginPath();
     ctx.arc(state.hover.x, state.hover.y, brushRadius(), 0, 2 * Math.PI);
+    const rgb = state.eraser ? [255, 255, 255] : colourOf(state.selected);
+    // A halo of the opposite brightness keeps the cursor visible on any image.
+    ctx.lineWidth = (3.5 * view.dpr) / scale;
+    ctx.strokeStyle = isDark(rgb) ? STRIPE : "rgba(0, 0, 0, 0.6)";
+    ctx.stroke();
     ctx.lineWidth = (1.5 * view.dpr) / scale;
-    ctx.strokeStyle = state.eraser ? "#ffffff" : `rgb(${colourOf(state.selected).join(",")})`;
+    ctx.strokeStyle = `rgb(${rgb.join(",")})`;
     ctx.stroke();
   }
+}
+
+/** Light diagonal "/" stripes, `view.dpr`-scaled, as a pattern for `g`. */
+function stripePattern(g) {
+  if (stripeLayer.dpr !== view.dpr || !stripeLayer.pattern) {
+    const n = Math.max(4, Math.round(7 * view.dpr));
+    const tile = new OffscreenCanvas(n, n);
+    const t = tile.getContext("2d");
+    t.strokeStyle = STRIPE;
+    t.lineWidth = 1.5 * view.dpr;
+    t.beginPath();
+    // One line across the tile and the two cut-off corners, so that the tiles join up.
+    for (const d of [-n, 0, n]) {
+      t.moveTo(d, n);
+      t.lineTo(d + n, 0);
+    }
+    t.stroke();
+    stripeLayer.pattern = g.createPattern(tile, "repeat");
+    stripeLayer.dpr = view.dpr;
+  }
+  return stripeLayer.pattern;
+}
+
+/** Stripe the pixels where `mask` (image coordinates, drawn at x, y) is opaque. */
+function stripes(mask, x, y, alpha) {
+  if (!mask) return;
+  const W = el.canvas.width;
+  const H = el.canvas.height;
+  if (stripeLayer.canvas?.width !== W || stripeLayer.canvas?.height !== H) {
+    stripeLayer.canvas = new OffscreenCanvas(W, H);
+    stripeLayer.pattern = null;
+  }
+  const g = stripeLayer.canvas.getContext("2d");
+  g.globalCompositeOperation = "source-over";
+  g.setTransform(1, 0, 0, 1, 0, 0);
+  g.clearRect(0, 0, W, H);
+  g.imageSmoothingEnabled = false;
+  g.setTransform(view.scale, 0, 0, view.scale, view.ox, view.oy);
+  g.drawImage(mask, x, y);
+  // Keep the stripes only where the mask is: the pattern in screen pixels, not image pixels.
+  g.setTransform(1, 0, 0, 1, 0, 0);
+  g.globalCompositeOperation = "source-in";
+  g.fillStyle = stripePattern(g);
+  g.fillRect(0, 0, W, H);
+  ctx.save();
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
+  ctx.globalAlpha = alpha;
+  ctx.drawImage(stripeLayer.canvas, 0, 0);
+  ctx.restore();
 }
 
 function regionFill(t) {
@@ -963,13 +1112,14 @@ document.addEventListener("keydown", (e) => {
   if (target instanceof Element && target.matches("input[type=text], input[type=password], textarea, select")) {
     return;
   }
-  const k = e.key;
-  if (/^[0-9]$/.test(k)) {
-    const id = k === "0" ? 9 : Number(k) - 1;
-    if (state.classes.some((c) => c.id === id)) selectClass(id);
+  const digit = digitOf(e);
+  if (digit !== null) {
+    const index = indexOfKey(digit, e.shiftKey);
+    if (index < state.classes.length) selectClass(state.classes[index].id);
     e.preventDefault();
     return;
   }
+  const k = e.key;
   const actions = {
     Enter: () => (state.lease ? submit() : nextTask()),
     s: skip,
@@ -980,6 +1130,8 @@ document.addEventListener("keydown", (e) => {
     f: fillRest,
     "[": () => setBrushSize(state.brushSize - 1),
     "]": () => setBrushSize(state.brushSize + 1),
+    ",": () => stepClass(-1),
+    ".": () => stepClass(1),
     p: () => toggle(el.showProposal),
     u: () => toggle(el.showHeat),
     o: () => toggle(el.showOutline),

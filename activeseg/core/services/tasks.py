@@ -14,8 +14,10 @@ from sqlalchemy.orm import Session
 
 from activeseg.core.errors import Conflict, Invalid, NotFound
 from activeseg.core.heatmaps import decode_heatmaps
-from activeseg.core.imaging import check_mask_values
-from activeseg.core.services import labels
+from activeseg.core.imaging import check_mask_values, decode_index
+from activeseg.core.project_config import ProjectSettings
+from activeseg.core.services import labels, overlap
+from activeseg.core.services.projects import project_settings
 from activeseg.core.services.regions import region_set
 from activeseg.core.storage import BlobStore
 from activeseg.core.tables import (
@@ -24,6 +26,7 @@ from activeseg.core.tables import (
     LabelRevision,
     Project,
     Task,
+    TaskAnswer,
     TaskState,
     User,
 )
@@ -72,6 +75,11 @@ def lease_next(session: Session, project: Project, user: User, lease_seconds: in
         .order_by(Task.priority.desc(), Task.id.desc())
         .limit(1)
     )
+    if project_settings(project).overlap > 1:  # never a region the caller answered already
+        answered = select(TaskAnswer.id).where(
+            TaskAnswer.task_id == Task.id, TaskAnswer.user_id == user.id
+        )
+        pick = pick.where(~answered.exists())
     if session.bind is not None and session.bind.dialect.name == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
     task = session.scalar(pick)
@@ -159,48 +167,26 @@ def task_bbox(regions: RegionMap, ids: list[int]) -> tuple[int, int, int, int]:
     )
 
 
-def submit(
-    session: Session,
-    store: BlobStore,
-    project: Project,
-    task: Task,
-    user: User,
-    sub: Submission,
-) -> tuple[LabelRevision, bool]:
-    """Store the answer as a new label revision of the image. Returns ``(revision, created)``;
-    the same idempotency key returns the first revision and stores nothing.
+@dataclass(frozen=True)
+class _Answer:
+    """A submission read and checked against the task's regions."""
 
-    The task also keeps what the answer cost and revealed: ``answered_pixels`` (pixels it
-    labels), ``model_wrong_pixels`` (of those, where the model version that queued the task
-    predicted another class; NULL without one) and ``clicks``
-    (:mod:`activeseg.uncertainty.annotation_cost`)."""
-    if sub.idempotency_key:
-        key = f"task:{task.id}:{sub.idempotency_key}"
-        done = session.scalar(select(LabelRevision).where(LabelRevision.idempotency_key == key))
-        if done is not None:
-            return done, False
-    else:
-        key = None
-    _may_submit(task, user)
-    # Lock the image row (and re-read it: populate_existing) *before* reading its current
-    # mask: two answers for regions of one image are read-modify-writes of the same mask, so
-    # the second must start from the first one's revision, not from a stale one (a lost
-    # update, or a duplicate revision number).
-    image = session.scalar(
-        select(Image)
-        .where(Image.id == task.image_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    assert image is not None
-    _, regions = region_set(
-        session, store, image, task.region_kind, task.region_size, task.region_sigma
-    )
+    bbox: tuple[int, int, int, int]  # (y0, x0, y1, x1) of the task's regions, end exclusive
+    inside: np.ndarray  # bool [h, w] over bbox: pixel in one of the task's regions
+    window: np.ndarray  # uint8 [h, w] over bbox: the answer's class, 255 = says nothing
+    clicks: int
+
+
+def _read_answer(task: Task, regions: RegionMap, n_classes: int, sub: Submission) -> _Answer:
+    """Check ``sub`` against the task's regions (Invalid says what is wrong) and return it as
+    a window over the regions' bounding box. Pixels outside the regions (a superpixel's bbox
+    holds parts of others) must stay 255; at least one pixel inside them must be labelled."""
     ids = [int(r) for r in task.regions]
-    n_classes = len(project.classes)
-    mask = labels.current_mask(session, store, image).copy()
     if (sub.region_classes is None) == (sub.patch is None):
         raise Invalid("send either 'classes' (one class per region) or a mask 'patch', not both")
+    y0, x0, y1, x1 = task_bbox(regions, ids)
+    window_labels = regions.labels[y0:y1, x0:x1]
+    inside = np.isin(window_labels, ids)
     if sub.region_classes is not None:
         if set(sub.region_classes) != set(ids):
             raise Invalid(
@@ -212,33 +198,103 @@ def submit(
             if not 0 <= cls < n_classes:
                 raise Invalid(f"class {cls} is not a class of this project (0..{n_classes - 1})")
             table[region] = cls
-        inside = np.isin(regions.labels, ids)
-        mask[inside] = table[regions.labels[inside]]
-        y0, x0, y1, x1 = task_bbox(regions, ids)
-        window_labels = regions.labels[y0:y1, x0:x1]
-        answer = np.where(np.isin(window_labels, ids), table[window_labels], 255)
-        clicks = region_clicks(len(ids))
-    else:
-        assert sub.patch is not None
-        y0, x0, y1, x1 = task_bbox(regions, ids)
-        if sub.patch.shape != (y1 - y0, x1 - x0):
-            raise Invalid(
-                f"the patch must cover the task's bounding box: {y1 - y0}x{x1 - x0} "
-                f"(height x width), got {sub.patch.shape[0]}x{sub.patch.shape[1]}"
-            )
-        check_mask_values(sub.patch, n_classes, 255, "patch")
-        inside = np.isin(regions.labels[y0:y1, x0:x1], ids)
-        if np.any((sub.patch != 255) & ~inside):
-            raise Invalid("the patch labels pixels outside the task's regions; set them to 255")
-        window = mask[y0:y1, x0:x1]
-        window[inside] = sub.patch[inside]
-        answer = sub.patch
-        clicks = patch_clicks(sub.patch)
+        window = np.where(inside, table[window_labels], 255).astype(np.uint8)
+        return _Answer((y0, x0, y1, x1), inside, window, region_clicks(len(ids)))
+    assert sub.patch is not None
+    if sub.patch.shape != (y1 - y0, x1 - x0):
+        raise Invalid(
+            f"the patch must cover the task's bounding box: {y1 - y0}x{x1 - x0} "
+            f"(height x width), got {sub.patch.shape[0]}x{sub.patch.shape[1]}"
+        )
+    check_mask_values(sub.patch, n_classes, 255, "patch")
+    if np.any((sub.patch != 255) & ~inside):
+        raise Invalid("the patch labels pixels outside the task's regions; set them to 255")
+    if not np.any(sub.patch[inside] != 255):
+        # Stored, it would be a revision that labels nothing (or erases earlier labels) and a
+        # "submitted" task that taught the model nothing.
+        raise Invalid(
+            "the answer labels no pixel of the task's regions; label at least one, or skip "
+            f"the task with POST /tasks/{task.id}/skip"
+        )
+    return _Answer((y0, x0, y1, x1), inside, sub.patch, patch_clicks(sub.patch))
+
+
+def _same_answer_or_refuse(
+    store: BlobStore, task: Task, done: LabelRevision, answer: _Answer
+) -> None:
+    """A key already used: the request must repeat the stored answer (the IETF httpapi
+    Idempotency-Key draft: another payload under a key already used is answered 422).
+
+    The answer is compared, not the request bytes: the stored revision holds exactly the
+    answer's pixels inside the task's regions (and submit writes nothing else), so the
+    comparison needs no fingerprint column, holds for revisions stored before it existed, and
+    takes a patch re-encoded by a retrying client, or the same labels sent as ``classes``, as
+    the same answer."""
+    y0, x0, y1, x1 = answer.bbox
+    stored = decode_index(store.get(done.blob_key))[y0:y1, x0:x1]
+    if not np.array_equal(stored[answer.inside], answer.window[answer.inside]):
+        raise Invalid(
+            "this Idempotency-Key was already used with a different request body; task "
+            f"{task.id} keeps the answer stored first (revision {done.revision})"
+        )
+
+
+def submit(
+    session: Session,
+    store: BlobStore,
+    project: Project,
+    task: Task,
+    user: User,
+    sub: Submission,
+) -> tuple[LabelRevision | None, bool]:
+    """Store the answer as a new label revision of the image. Returns ``(revision, created)``;
+    with overlap > 1 the revision is the consensus, None until the k-th answer (or when the
+    answers disagree: the task is then ``disputed``).
+
+    Idempotency: a key already used for this task with the same answer returns the first
+    revision and stores nothing; with another answer it is refused (Invalid), so a correction
+    sent under a reused key is never silently dropped. An answer that labels no pixel of the
+    task's regions is refused too (skip is the way to give a task back unlabelled).
+
+    The task also keeps what the answer cost and revealed: ``answered_pixels`` (pixels it
+    labels), ``model_wrong_pixels`` (of those, where the model version that queued the task
+    predicted another class; NULL without one) and ``clicks``
+    (:mod:`activeseg.uncertainty.annotation_cost`)."""
+    settings = project_settings(project)
+    if settings.overlap > 1:
+        return _submit_overlapping(session, store, project, task, user, sub, settings)
+    key = f"task:{task.id}:{sub.idempotency_key}" if sub.idempotency_key else None
+    done = (
+        session.scalar(select(LabelRevision).where(LabelRevision.idempotency_key == key))
+        if key is not None
+        else None
+    )
+    query = select(Image).where(Image.id == task.image_id)
+    if done is None:
+        _may_submit(task, user)
+        # Lock the image row (and re-read it: populate_existing) *before* reading its current
+        # mask: two answers for regions of one image are read-modify-writes of the same mask,
+        # so the second must start from the first one's revision, not from a stale one (a
+        # lost update, or a duplicate revision number). A repeated request writes nothing.
+        query = query.with_for_update().execution_options(populate_existing=True)
+    image = session.scalar(query)
+    assert image is not None
+    _, regions = region_set(
+        session, store, image, task.region_kind, task.region_size, task.region_sigma
+    )
+    answer = _read_answer(task, regions, len(project.classes), sub)
+    if done is not None:
+        _same_answer_or_refuse(store, task, done, answer)
+        return done, False
+    mask = labels.current_mask(session, store, image).copy()
+    y0, x0, y1, x1 = answer.bbox
+    window = mask[y0:y1, x0:x1]
+    window[answer.inside] = answer.window[answer.inside]
     prediction = _queuing_prediction(session, store, task, image)
     task.answered_pixels, task.model_wrong_pixels = answer_errors(
-        answer, None if prediction is None else prediction[y0:y1, x0:x1]
+        answer.window, None if prediction is None else prediction[y0:y1, x0:x1]
     )
-    task.clicks = clicks
+    task.clicks = answer.clicks
     rev = labels.save_revision(
         session,
         store,
@@ -259,6 +315,51 @@ def submit(
         .values(labels_since_retrain=Project.labels_since_retrain + 1)
     )
     return rev, True
+
+
+def _submit_overlapping(
+    session: Session,
+    store: BlobStore,
+    project: Project,
+    task: Task,
+    user: User,
+    sub: Submission,
+    settings: ProjectSettings,
+) -> tuple[LabelRevision | None, bool]:
+    """overlap > 1: the answer is one of k (activeseg.core.services.overlap); the revision is
+    the consensus, made with the k-th answer when the answers agree enough."""
+    # The image row first, as in submit: answers for regions of one image (and the region
+    # map a first answer may have to store) are made one at a time.
+    image = session.scalar(
+        select(Image)
+        .where(Image.id == task.image_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    assert image is not None
+    _, regions = region_set(
+        session, store, image, task.region_kind, task.region_size, task.region_sigma
+    )
+    answer = _read_answer(task, regions, len(project.classes), sub)
+    done = overlap.already_answered(session, task, user)
+    if done is not None:  # a retry of the same answer, or a second answer (refused)
+        overlap.repeat_or_refuse(store, task, done, answer.window, answer.inside)
+        return None, False
+    _may_submit(task, user)
+    result = overlap.add_answer(
+        session,
+        store,
+        project,
+        task,
+        user,
+        bbox=answer.bbox,
+        inside=answer.inside,
+        window=answer.window,
+        clicks=answer.clicks,
+        k=settings.overlap,
+        threshold=settings.agreement_threshold,
+    )
+    return result.revision, result.created
 
 
 def _queuing_prediction(
