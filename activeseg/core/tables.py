@@ -540,6 +540,5 @@ class TaskAnswer(Base):
     answered_pixels: Mapped[int] = mapped_column(BigInteger)
     clicks: Mapped[int] = mapped_column(Integer)
     agreement: Mapped[float | None] = mapped_column(Float)  # with the consensus, once known
-    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     leased_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     submitted_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -31,7 +31,6 @@ def upgrade() -> None:
         sa.Column("answered_pixels", sa.BigInteger(), nullable=False),
         sa.Column("clicks", sa.Integer(), nullable=False),
         sa.Column("agreement", sa.Float(), nullable=True),
-        sa.Column("idempotency_key", sa.String(length=200), nullable=True),
         sa.Column("leased_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("submitted_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(

@@ -43,7 +43,7 @@ _HEADERS = {
 }
 
 
-def _static(name: str) -> FileResponse:
+def static_file_response(name: str) -> FileResponse:
     match = _NAME.match(name)
     path = STATIC_DIR / name
     if match is None or not path.is_file():
@@ -54,12 +54,12 @@ def _static(name: str) -> FileResponse:
 @router.get("/annotate", response_class=FileResponse, include_in_schema=False)
 def annotate_page() -> FileResponse:
     """The annotator page (log in with an API token, label the queued regions)."""
-    return _static("annotate.html")
+    return static_file_response("annotate.html")
 
 
 @router.get("/static/{name}", response_class=FileResponse, include_in_schema=False)
 def static_file(name: str) -> FileResponse:
-    return _static(name)
+    return static_file_response(name)
 
 
 @router.get(

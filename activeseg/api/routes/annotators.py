@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from activeseg.api.deps import CurrentUser, DbDep
 from activeseg.api.errors import error_responses
-from activeseg.api.routes.annotate import _static
+from activeseg.api.routes.annotate import static_file_response
 from activeseg.api.schemas import RowId
 from activeseg.core.services import annotators, auth, overlap
 from activeseg.core.services.projects import project_settings
@@ -134,4 +134,4 @@ def project_agreement(project_id: RowId, user: CurrentUser, db: DbDep) -> Agreem
 @router.get("/annotate/annotators", response_class=FileResponse, include_in_schema=False)
 def annotators_page() -> FileResponse:
     """The statistics page (log in with an API token, pick a project)."""
-    return _static("annotators.html")
+    return static_file_response("annotators.html")

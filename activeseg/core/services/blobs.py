@@ -41,6 +41,7 @@ from activeseg.core.tables import (
     LabelRevision,
     ModelVersion,
     RegionSet,
+    TaskAnswer,
     ToolAnnotation,
 )
 
@@ -54,6 +55,7 @@ BLOB_KEY_COLUMNS: tuple[InstrumentedAttribute[Any], ...] = (
     ImageScore.heatmap_key,
     ImageScore.prediction_key,
     ToolAnnotation.blob_key,  # a labelling tool's contribution (values painted, prior values)
+    TaskAnswer.blob_key,  # one annotator's answer to a task of a project with overlap > 1
 )
 # JSON columns that may hold blob keys anywhere inside (lists, dict values).
 BLOB_KEY_JSON_COLUMNS: tuple[InstrumentedAttribute[Any], ...] = (
