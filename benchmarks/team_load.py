@@ -1,0 +1,190 @@
+"""An annotation team with realistic think time, over real HTTP against PostgreSQL (issue 16).
+
+Usage::
+
+    python benchmarks/team_load.py [--annotators 200] [--queued 100000] [--overlap 2]
+        [--think 3,10] [--duration 120] [--warmup 15] [--workers 2]
+        [--pg postgresql://postgres@127.0.0.1:5432/postgres]
+
+A throw-away database (``activeseg_bench_team``, dropped and made again) holds one project of
+256x256 images cut in 16-px grid tiles, ``--overlap`` answers per task, and ``--queued`` queued
+tasks (random priorities; the set-up of benchmarks/lease_latency.py). ``--annotators``
+simulated annotators, one token each, loop for ``--duration`` seconds: lease
+(``POST /projects/{id}/tasks/next``), think for a uniform random time in ``--think`` seconds,
+submit one class for the region (``POST /tasks/{id}/submit``). Latencies are kept from
+``--warmup`` seconds on (the first requests open connections and load caches). The server is
+``uvicorn activeseg.api.main:app --workers N`` in its own process.
+
+Reported: lease and submit latency (p50, p99, max), request errors (any status other than
+200/201/204), double hand-outs (a task handed to a second annotator while the first still
+held it, seen by the load generator), and from the database afterwards: answers per
+(task, annotator) (must be at most 1) and tasks with more answers than the overlap (must be
+none). Targets (issue 16): p99 < 50 ms, 0 errors, 0 double hand-outs. Server, PostgreSQL and
+load generator share the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import platform
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psycopg
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from lease_latency import REGIONS_PER_IMAGE, Env, fill_queue, server, setup  # noqa: E402
+
+from activeseg.core.tables import Project  # noqa: E402
+
+
+@dataclass
+class Record:
+    lease_s: list[float] = field(default_factory=list)
+    submit_s: list[float] = field(default_factory=list)
+    empty: int = 0
+    errors: list[str] = field(default_factory=list)
+    held: dict[int, int] = field(default_factory=dict)
+    double: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+async def annotator(
+    url: str,
+    env: Env,
+    uid: int,
+    token: str,
+    rec: Record,
+    think: tuple[float, float],
+    span: tuple[float, float],
+) -> None:
+    measured_from, end = span
+    rng = random.Random(uid)
+    headers = {"Authorization": f"Bearer {token}"}
+    # uvicorn closes a connection idle for 5 s; a think time is longer, so the client drops
+    # idle connections first (as browsers do) instead of sending into a closing one.
+    limits = httpx.Limits(keepalive_expiry=4.0)
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=limits) as c:
+        await asyncio.sleep(rng.uniform(0, think[1]))  # annotators do not start in step
+        while time.monotonic() < end:
+            t0 = time.perf_counter()
+            r = await c.post(f"/projects/{env.pid}/tasks/next")
+            if time.monotonic() >= measured_from:
+                rec.lease_s.append(time.perf_counter() - t0)
+            if r.status_code == 204:
+                rec.empty += 1
+                await asyncio.sleep(rng.uniform(*think))
+                continue
+            if r.status_code != 200:
+                rec.errors.append(f"lease {r.status_code}: {r.text[:120]}")
+                await asyncio.sleep(1)
+                continue
+            task = r.json()["task"]
+            tid, region = task["id"], task["regions"][0]
+            if tid in rec.held:
+                rec.double.append((tid, rec.held[tid], uid))
+            rec.held[tid] = uid
+            await asyncio.sleep(rng.uniform(*think))
+            rec.held.pop(tid, None)  # the hold ends as the answer is sent
+            t0 = time.perf_counter()
+            r = await c.post(f"/tasks/{tid}/submit", json={"classes": {str(region): (tid * 7) % 3}})
+            if time.monotonic() >= measured_from:
+                rec.submit_s.append(time.perf_counter() - t0)
+            if r.status_code != 201:
+                rec.errors.append(f"submit {r.status_code}: {r.text[:120]}")
+
+
+def percentiles(values: list[float]) -> str:
+    if not values:
+        return "–"
+    ms = 1000 * np.asarray(values)
+    return f"{np.percentile(ms, 50):.1f} / {np.percentile(ms, 99):.1f} / {ms.max():.0f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--annotators", type=int, default=200)
+    parser.add_argument("--queued", type=int, default=100_000)
+    parser.add_argument("--overlap", type=int, default=2)
+    parser.add_argument("--think", default="3,10", help="min,max seconds per task")
+    parser.add_argument("--duration", type=float, default=120.0)
+    parser.add_argument("--warmup", type=float, default=15.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    args = parser.parse_args()
+    think = tuple(float(x) for x in args.think.split(","))
+    assert len(think) == 2 and 0 <= think[0] <= think[1]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        n_images = math.ceil(args.queued / REGIONS_PER_IMAGE)
+        t0 = time.perf_counter()
+        env = setup(args.pg, "activeseg_bench_team", Path(tmp), args.annotators, n_images)
+        with env.db.session() as s:
+            project = s.get(Project, env.pid)
+            assert project is not None
+            project.settings = {**project.settings, "overlap": args.overlap}
+        fill_queue(env, args.queued, seed=16)
+        set_up = time.perf_counter() - t0
+        rec = Record()
+        with server(env, args.workers, "activeseg.api.main:app") as url:
+            begin = time.monotonic()
+            span = (begin + args.warmup, begin + args.warmup + args.duration)
+
+            async def run() -> None:
+                await asyncio.gather(
+                    *(
+                        annotator(url, env, uid, token, rec, think, span)  # type: ignore[arg-type]
+                        for uid, token in env.users
+                    )
+                )
+
+            asyncio.run(run())
+            wall = args.duration
+        with psycopg.connect(env.dsn) as conn:
+            twice = conn.execute(
+                "SELECT count(*) FROM (SELECT task_id, user_id FROM task_answers "
+                "GROUP BY task_id, user_id HAVING count(*) > 1) t"
+            ).fetchone()
+            over = conn.execute(
+                "SELECT count(*) FROM tasks WHERE answers > %s", (args.overlap,)
+            ).fetchone()
+            answers, finished = conn.execute(
+                "SELECT (SELECT count(*) FROM task_answers), "
+                "(SELECT count(*) FROM tasks WHERE state = 'submitted')"
+            ).fetchone() or (0, 0)
+        env.db.dispose()
+
+    print(f"## Annotation team load ({platform.node()}, {args.workers} API workers)\n")
+    print(
+        f"{args.annotators} annotators, think {think[0]:g}-{think[1]:g} s, overlap "
+        f"{args.overlap}, {args.queued:,} queued tasks, {wall:.0f} s measured after "
+        f"{args.warmup:.0f} s of warm-up "
+        f"(set-up {set_up:.0f} s)\n"
+    )
+    print("| | count | p50 / p99 / max (ms) |")
+    print("| --- | ---: | --- |")
+    print(f"| lease | {len(rec.lease_s)} | {percentiles(rec.lease_s)} |")
+    print(f"| submit | {len(rec.submit_s)} | {percentiles(rec.submit_s)} |")
+    print()
+    print(
+        f"loops/s {len(rec.submit_s) / wall:.1f}; errors {len(rec.errors)}; empty leases "
+        f"{rec.empty}; double hand-outs {len(rec.double)}; (task, annotator) answered twice "
+        f"{twice[0] if twice else '?'}; tasks over the overlap {over[0] if over else '?'}; "
+        f"answers stored {answers}, tasks finished (consensus written) {finished}"
+    )
+    if rec.errors:
+        print("\nfirst errors:", *rec.errors[:5], sep="\n- ")
+
+
+if __name__ == "__main__":
+    main()
