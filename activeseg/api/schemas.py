@@ -50,7 +50,7 @@ class ORM(BaseModel):
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=100, pattern=r"^[\w.@+-]+$")
-    role: str = Field(pattern="^(annotator|engineer|admin)$")
+    role: str = Field(pattern="^(annotator|reviewer|engineer|admin)$")
 
 
 class UserPublic(ORM):

@@ -473,7 +473,9 @@ def simulate(
 @user_app.command("create")
 def user_create(
     name: str,
-    role: Annotated[str, typer.Option(help="annotator | engineer | admin")] = "annotator",
+    role: Annotated[
+        str, typer.Option(help="annotator | reviewer | engineer | admin")
+    ] = "annotator",
     expires_days: Annotated[float | None, typer.Option(help="token lifetime")] = None,
 ) -> None:
     """Create a user and print a new API token for them."""

@@ -72,6 +72,7 @@ class Base(DeclarativeBase):
 
 class Role(enum.StrEnum):
     annotator = "annotator"
+    reviewer = "reviewer"  # an annotator who also decides disputed tasks (services/review.py)
     engineer = "engineer"
     admin = "admin"
 
@@ -530,7 +531,16 @@ class TaskAnswer(Base):
 
     __tablename__ = "task_answers"
     __table_args__ = (
-        UniqueConstraint("task_id", "user_id", name="uq_task_answers_task_user"),
+        # One *live* answer per (task, user): an answer a reviewer rejected stays as a row but
+        # no longer blocks its author from answering the region again.
+        Index(
+            "uq_task_answers_task_user_live",
+            "task_id",
+            "user_id",
+            unique=True,
+            postgresql_where=text("rejected_at IS NULL"),
+            sqlite_where=text("rejected_at IS NULL"),
+        ),
         Index("ix_task_answers_user", "user_id", "task_id"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -542,3 +552,30 @@ class TaskAnswer(Base):
     agreement: Mapped[float | None] = mapped_column(Float)  # with the consensus, once known
     leased_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     submitted_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The review that decided this answer (accept, reject or correct), and when it was
+    # rejected: a rejected answer is kept, but neither counts towards k nor blocks its author.
+    review_id: Mapped[int | None] = mapped_column(
+        ForeignKey("task_reviews.id", ondelete="SET NULL")
+    )
+    rejected_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class TaskReview(Base):
+    """A reviewer's decision on a disputed task (activeseg.core.services.review): ``accept``
+    (the consensus becomes a revision), ``reject`` (the answers are rejected, the task goes
+    back to the queue) or ``correct`` (the reviewer's own patch becomes a revision). Never
+    updated: a task reviewed again gets another row."""
+
+    __tablename__ = "task_reviews"
+    __table_args__ = (Index("ix_task_reviews_task", "task_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    reviewer_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    decision: Mapped[str] = mapped_column(String(10))  # accept | reject | correct
+    reason: Mapped[str | None] = mapped_column(String(200))
+    # the task's agreement when it was reviewed, and the label revision the decision made
+    agreement: Mapped[float | None] = mapped_column(Float)
+    revision_id: Mapped[int | None] = mapped_column(
+        ForeignKey("label_revisions.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

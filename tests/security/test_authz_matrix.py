@@ -127,6 +127,12 @@ MATRIX: dict[tuple[str, str], R] = {
     ("POST", "/tasks/{task_id}/release"): (200, 200, 200, 404, 404),
     ("POST", "/tasks/{task_id}/skip"): (200, 200, 200, 404, 404),
     ("POST", "/tasks/{task_id}/submit"): (201, 201, 201, 404, 404),
+    # the review stage: reviewers, engineers and admins (the role before the project); the
+    # project has no disputed task (204), and the task of the decision is the admin's plain
+    # lease, under nobody's review (409)
+    ("POST", "/projects/{project_id}/reviews/next"): (403, 204, 204, 403, 404),
+    ("POST", "/tasks/{task_id}/review"): (403, 409, 409, 403, 404),
+    ("GET", "/users/me/rejections"): (200, 200, 200, 200, 200),
     # reports
     ("GET", "/models/{model_id}/report"): (200, 200, 200, 404, 404),
     ("POST", "/models/{model_id}/report"): (403, 202, 202, 403, 404),
@@ -460,6 +466,9 @@ CALLS: dict[tuple[str, str], Callable[[World, str], Call]] = {
         lambda regions: {"classes": {str(r): 1 for r in regions}}
     ),
     ("GET", "/tasks/{task_id}"): lambda w, who: Call({"task_id": w.held_task_id}),
+    ("POST", "/tasks/{task_id}/review"): lambda w, who: Call(
+        {"task_id": w.held_task_id}, {"json": {"decision": "accept"}}
+    ),
     ("POST", "/models/{model_id}/report"): _json({}),
     ("POST", "/projects/{project_id}/baseline"): lambda w, who: Call(
         kwargs={"files": {"file": ("curve.csv", BASELINE_CSV)}}

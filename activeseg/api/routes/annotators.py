@@ -23,8 +23,6 @@ from activeseg.core.services.projects import project_settings
 
 router = APIRouter(tags=["annotation"], responses=error_responses(404))
 
-_LATER = "null until the overlap/review feature that measures it exists"
-
 
 class AnnotatorStatsPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -64,8 +62,13 @@ class AnnotatorStatsPublic(BaseModel):
         description="overlap > 1: mean share of an answer's labelled pixels that equal its "
         "task's consensus; null without finished overlapping tasks"
     )
-    reviewer_agreement: float | None = Field(description=f"agreement with reviewers; {_LATER}")
-    rejections: int | None = Field(description=f"answers rejected by a reviewer; {_LATER}")
+    reviewer_agreement: float | None = Field(
+        description="share of the person's answers reviewed in the period that the reviewer "
+        "accepted (a correction accepts none); null when none was reviewed"
+    )
+    rejections: int | None = Field(
+        description="answers rejected by a reviewer in the period; null when none was reviewed"
+    )
 
 
 class AnnotatorsPublic(BaseModel):

@@ -236,7 +236,7 @@ def skip(task_id: RowId, body: SkipBody, user: CurrentUser, db: DbDep) -> Task:
     return skipped
 
 
-def _decode_patch(data: str) -> np.ndarray:
+def decode_patch(data: str) -> np.ndarray:
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
@@ -268,7 +268,7 @@ def submit(
     The answer becomes a new label revision of the image. The same idempotency key (the
     ``Idempotency-Key`` header or ``idempotency_key``) stores it once: a retried request with
     the same answer gets the first one back with 200; another answer under that key is 422."""
-    patch = _decode_patch(body.patch_png) if body.patch_png is not None else None
+    patch = decode_patch(body.patch_png) if body.patch_png is not None else None
     sub = tasks.Submission(
         region_classes=body.classes,
         patch=patch,

@@ -42,7 +42,16 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.sql import ColumnElement
 
 from activeseg.core.errors import Invalid
-from activeseg.core.tables import Project, ProjectMember, Role, Task, TaskAnswer, TaskState, User
+from activeseg.core.tables import (
+    Project,
+    ProjectMember,
+    Role,
+    Task,
+    TaskAnswer,
+    TaskReview,
+    TaskState,
+    User,
+)
 
 _Query = TypeVar("_Query", bound="Select[*tuple[Any, ...]]")
 SUBMITTED, SKIPPED = TaskState.submitted.value, TaskState.skipped.value
@@ -73,8 +82,9 @@ def as_utc(moment: datetime | None) -> datetime | None:
 
 @dataclass
 class AnnotatorStats:
-    """One user's row. The three review fields stay None until the overlap (consensus) and
-    review features record what they need."""
+    """One user's row. ``consensus_agreement`` is None without finished overlapping answers;
+    ``rejections`` (answers a reviewer rejected) and ``reviewer_agreement`` (share of the
+    reviewed answers accepted) are None when no answer of theirs was reviewed in the period."""
 
     user_id: int
     name: str
@@ -243,6 +253,27 @@ def annotator_stats(
     for uid, mean in session.execute(agreement):
         if uid in rows:
             rows[uid].consensus_agreement = round(float(mean), _DIGITS)
+    # The review stage: of the person's answers a reviewer decided in the period, how many
+    # were rejected, and the share accepted (a correction counts as not accepted).
+    reviewed = _in_period(
+        scoped(
+            select(TaskAnswer.user_id, TaskReview.decision, func.count())
+            .join(TaskReview, TaskReview.id == TaskAnswer.review_id)
+            .join(Task, Task.id == TaskAnswer.task_id),
+            TaskAnswer.user_id,
+        ).group_by(TaskAnswer.user_id, TaskReview.decision),
+        TaskReview.created_at,
+        since,
+        until,
+    )
+    decided: dict[int, dict[str, int]] = {}
+    for uid, decision, n in session.execute(reviewed):
+        decided.setdefault(uid, {})[decision] = n
+    for uid, counts in decided.items():
+        if uid in rows:
+            rows[uid].rejections = counts.get("reject", 0)
+            share = counts.get("accept", 0) / sum(counts.values())
+            rows[uid].reviewer_agreement = round(share, _DIGITS)
     for row in rows.values():
         answered = row.tasks_submitted + row.tasks_skipped
         row.skip_rate = round(row.tasks_skipped / answered, _DIGITS) if answered else None

@@ -13,7 +13,9 @@ from activeseg.core.errors import Conflict, Forbidden, Invalid, NotFound, Unauth
 from activeseg.core.tables import ApiToken, Project, ProjectMember, Role, User
 
 TOKEN_PREFIX = "as_"
-_RANK = {Role.annotator: 0, Role.engineer: 1, Role.admin: 2}
+# A reviewer may do what an annotator does, and review disputed tasks; engineers and admins
+# may review too.
+_RANK = {Role.annotator: 0, Role.reviewer: 1, Role.engineer: 2, Role.admin: 3}
 
 
 def hash_token(raw: str) -> str:
@@ -22,7 +24,7 @@ def hash_token(raw: str) -> str:
 
 def create_user(session: Session, name: str, role: str) -> User:
     if role not in Role.__members__:
-        raise Invalid(f"role must be one of annotator, engineer, admin; got {role!r}")
+        raise Invalid(f"role must be one of {', '.join(Role)}; got {role!r}")
     if session.scalar(select(User).where(User.name == name)) is not None:
         raise Conflict(f"user {name!r} already exists")
     user = User(name=name, role=role)

@@ -21,7 +21,12 @@ from activeseg.core.services.auth import hash_token
 from activeseg.core.tables import BackendKey, Project, Role, User
 
 KEY_PREFIX = "lsk_"
-ROLE_RANK = {Role.annotator.value: 0, Role.engineer.value: 1, Role.admin.value: 2}
+ROLE_RANK = {
+    Role.annotator.value: 0,
+    Role.reviewer.value: 0,  # reviews, but configures nothing: not an engineer
+    Role.engineer.value: 1,
+    Role.admin.value: 2,
+}
 
 
 def create(session: Session, project: Project, user: User) -> tuple[BackendKey, str]:

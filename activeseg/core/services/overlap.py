@@ -141,8 +141,13 @@ class Answered:
 
 
 def already_answered(session: Session, task: Task, user: User) -> TaskAnswer | None:
+    """``user``'s live answer to ``task``: one a reviewer rejected no longer counts."""
     return session.scalar(
-        select(TaskAnswer).where(TaskAnswer.task_id == task.id, TaskAnswer.user_id == user.id)
+        select(TaskAnswer).where(
+            TaskAnswer.task_id == task.id,
+            TaskAnswer.user_id == user.id,
+            TaskAnswer.rejected_at.is_(None),
+        )
     )
 
 
@@ -195,7 +200,9 @@ def add_answer(
         return Answered(row, True, None)
     rows = list(
         session.scalars(
-            select(TaskAnswer).where(TaskAnswer.task_id == task.id).order_by(TaskAnswer.id)
+            select(TaskAnswer)
+            .where(TaskAnswer.task_id == task.id, TaskAnswer.rejected_at.is_(None))
+            .order_by(TaskAnswer.id)
         )
     )
     windows = [decode_index(store.get(r.blob_key)) for r in rows]

@@ -77,7 +77,9 @@ def lease_next(session: Session, project: Project, user: User, lease_seconds: in
     )
     if project_settings(project).overlap > 1:  # never a region the caller answered already
         answered = select(TaskAnswer.id).where(
-            TaskAnswer.task_id == Task.id, TaskAnswer.user_id == user.id
+            TaskAnswer.task_id == Task.id,
+            TaskAnswer.user_id == user.id,
+            TaskAnswer.rejected_at.is_(None),  # a reviewer's rejection frees the region
         )
         pick = pick.where(~answered.exists())
     if session.bind is not None and session.bind.dialect.name == "postgresql":
@@ -177,7 +179,7 @@ class _Answer:
     clicks: int
 
 
-def _read_answer(task: Task, regions: RegionMap, n_classes: int, sub: Submission) -> _Answer:
+def read_answer(task: Task, regions: RegionMap, n_classes: int, sub: Submission) -> _Answer:
     """Check ``sub`` against the task's regions (Invalid says what is wrong) and return it as
     a window over the regions' bounding box. Pixels outside the regions (a superpixel's bbox
     holds parts of others) must stay 255; at least one pixel inside them must be labelled."""
@@ -282,7 +284,7 @@ def submit(
     _, regions = region_set(
         session, store, image, task.region_kind, task.region_size, task.region_sigma
     )
-    answer = _read_answer(task, regions, len(project.classes), sub)
+    answer = read_answer(task, regions, len(project.classes), sub)
     if done is not None:
         _same_answer_or_refuse(store, task, done, answer)
         return done, False
@@ -340,7 +342,7 @@ def _submit_overlapping(
     _, regions = region_set(
         session, store, image, task.region_kind, task.region_size, task.region_sigma
     )
-    answer = _read_answer(task, regions, len(project.classes), sub)
+    answer = read_answer(task, regions, len(project.classes), sub)
     done = overlap.already_answered(session, task, user)
     if done is not None:  # a retry of the same answer, or a second answer (refused)
         overlap.repeat_or_refuse(store, task, done, answer.window, answer.inside)
