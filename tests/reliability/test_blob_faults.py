@@ -33,7 +33,7 @@ from activeseg.core.services.blobs import (
     sweep_orphan_blobs,
 )
 from activeseg.core.storage import LocalBlobStore, sha256_hex
-from activeseg.core.tables import Base, Image, ModelVersion
+from activeseg.core.tables import Base, Image, ModelVersion, Task
 from tests.conftest import Stack
 from tests.reliability.figures import record
 from tests.utils import image_bytes, make_project, png_bytes, upload
@@ -87,9 +87,13 @@ def project_blob_refs(stack: Stack, project_id: int) -> list[str]:
             query = select(column).where(column.is_not(None))
             if hasattr(table, "project_id"):
                 query = query.where(table.project_id == project_id)
-            else:
+            elif hasattr(table, "image_id"):
                 query = query.join(Image, Image.id == table.image_id).where(
                     Image.project_id == project_id
+                )
+            else:  # an overlapping task's answer: its task names the project
+                query = query.join(Task, Task.id == table.task_id).where(
+                    Task.project_id == project_id
                 )
             keys += list(s.scalars(query))
         for members in s.scalars(

@@ -105,13 +105,6 @@ def _stack(session: Session, store: BlobStore, image: Image) -> Stack:
     return [(row, decode_layer(store.get(row.blob_key))) for row in rows if row.blob_key]
 
 
-def _lock(session: Session, image_id: int) -> Image:
-    image = session.scalar(select(Image).where(Image.id == image_id).with_for_update())
-    if image is None:
-        raise Invalid(f"image {image_id} no longer exists")
-    return image
-
-
 def _take_out(
     store: BlobStore,
     stack: list[tuple[ToolAnnotation, Layer]],
@@ -159,7 +152,7 @@ def record(
     same values changes nothing."""
     if not (values != UNLABELLED).any():
         raise ValueError("record() needs a painted pixel: empty annotations change nothing")
-    locked = _lock(session, image.id)
+    locked = labels.lock_image(session, image.id)
     row = session.scalar(
         select(ToolAnnotation).where(
             ToolAnnotation.project_id == locked.project_id,
@@ -223,7 +216,7 @@ def remove(
     )
     if row is None or row.state != "active":
         return Outcome("unknown", None)
-    locked = _lock(session, row.image_id)
+    locked = labels.lock_image(session, row.image_id)
     session.refresh(row)
     if row.state != "active":  # withdrawn meanwhile by a concurrent delivery
         return Outcome("unknown", None)

@@ -19,6 +19,21 @@ def unlabelled_mask(image: Image) -> np.ndarray:
     return np.full((image.height, image.width), 255, dtype=np.uint8)
 
 
+def lock_image(session: Session, image_id: int) -> Image:
+    """The image row, locked for this transaction and read afresh: every writer of an image's
+    labels (a task answer, a consensus, a review, a tool's annotation) takes it before it reads
+    the current mask, so two read-modify-writes of one mask run one after the other."""
+    image = session.scalar(
+        select(Image)
+        .where(Image.id == image_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if image is None:
+        raise NotFound(f"image {image_id} not found")
+    return image
+
+
 def current_mask(session: Session, store: BlobStore, image: Image) -> np.ndarray:
     """The latest mask as uint8 [H, W]; all 255 when the image has no labels yet."""
     if image.current_revision == 0:

@@ -33,7 +33,6 @@ from activeseg.core.imaging import decode_index, encode_png
 from activeseg.core.services import labels
 from activeseg.core.storage import BlobStore
 from activeseg.core.tables import (
-    Image,
     LabelRevision,
     Project,
     Task,
@@ -218,13 +217,7 @@ def add_answer(
     if task.agreement < threshold or not (agreed != UNLABELLED).any():
         task.state = TaskState.disputed.value  # held back from training
         return Answered(row, True, None)
-    image = session.scalar(
-        select(Image)
-        .where(Image.id == task.image_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    assert image is not None
+    image = labels.lock_image(session, task.image_id)
     mask = labels.current_mask(session, store, image).copy()
     y0, x0, y1, x1 = bbox
     view = mask[y0:y1, x0:x1]

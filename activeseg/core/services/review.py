@@ -198,13 +198,7 @@ def decide(
         raise Invalid("send a 'patch_png' (or 'classes') with 'correct', and only with it")
     _own_review_lease(task, reviewer)
     # The image row first, as every writer of its labels does (a read-modify-write of the mask).
-    image = session.scalar(
-        select(Image)
-        .where(Image.id == task.image_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    assert image is not None
+    image = labels.lock_image(session, task.image_id)
     view = review_view(session, store, task)
     revision: LabelRevision | None = None
     if decision == "accept":

@@ -332,13 +332,7 @@ def _submit_overlapping(
     the consensus, made with the k-th answer when the answers agree enough."""
     # The image row first, as in submit: answers for regions of one image (and the region
     # map a first answer may have to store) are made one at a time.
-    image = session.scalar(
-        select(Image)
-        .where(Image.id == task.image_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    assert image is not None
+    image = labels.lock_image(session, task.image_id)
     _, regions = region_set(
         session, store, image, task.region_kind, task.region_size, task.region_sigma
     )
