@@ -72,8 +72,14 @@ def authenticate(session: Session, raw: str) -> User:
     return user
 
 
+def has_role(user: User, role: Role) -> bool:
+    """Whether ``user``'s role is ``role`` or above it (admin > engineer > reviewer >
+    annotator)."""
+    return _RANK[Role(user.role)] >= _RANK[role]
+
+
 def require_role(user: User, role: Role) -> None:
-    if _RANK[Role(user.role)] < _RANK[role]:
+    if not has_role(user, role):
         raise Forbidden(f"this needs the {role.value} role; you are {user.role}")
 
 

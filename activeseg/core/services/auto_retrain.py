@@ -10,6 +10,16 @@ from activeseg.core.services.projects import project_settings
 from activeseg.core.tables import Job, Project
 
 
+def count_labels(session: Session, project_id: int) -> None:
+    """One more labelled task toward ``auto_retrain_every`` (the counter
+    :func:`maybe_request_retrain` reads), in the transaction that stored it."""
+    session.execute(
+        update(Project)
+        .where(Project.id == project_id)
+        .values(labels_since_retrain=Project.labels_since_retrain + 1)
+    )
+
+
 def maybe_request_retrain(session: Session, project: Project) -> Job | None:
     """In the submitting transaction: if the counter reached the project's threshold, reset
     it and request a retrain. The conditional UPDATE is the trigger: of two concurrent

@@ -9,7 +9,6 @@ stored, and revoking it stops it at once.
 
 from __future__ import annotations
 
-import hmac
 import secrets
 from datetime import UTC, datetime
 
@@ -17,16 +16,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from activeseg.core.errors import NotFound, Unauthorized
-from activeseg.core.services.auth import hash_token
+from activeseg.core.services.auth import has_role, hash_token
 from activeseg.core.tables import BackendKey, Project, Role, User
 
 KEY_PREFIX = "lsk_"
-ROLE_RANK = {
-    Role.annotator.value: 0,
-    Role.reviewer.value: 0,  # reviews, but configures nothing: not an engineer
-    Role.engineer.value: 1,
-    Role.admin.value: 2,
-}
 
 
 def create(session: Session, project: Project, user: User) -> tuple[BackendKey, str]:
@@ -67,14 +60,9 @@ def authenticate(session: Session, project_id: int, raw: str) -> User:
     if not raw.startswith(KEY_PREFIX) or len(raw) > 100:
         raise denied
     key = session.scalar(select(BackendKey).where(BackendKey.key_hash == hash_token(raw)))
-    if (
-        key is None
-        or not hmac.compare_digest(key.key_hash, hash_token(raw))
-        or key.project_id != project_id
-        or key.revoked_at is not None
-    ):
+    if key is None or key.project_id != project_id or key.revoked_at is not None:
         raise denied
     user = session.get(User, key.created_by)
-    if user is None or not user.active or ROLE_RANK.get(user.role, -1) < 1:
+    if user is None or not user.active or not has_role(user, Role.engineer):
         raise denied  # its maker left or is no longer an engineer
     return user

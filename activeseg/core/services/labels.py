@@ -128,6 +128,38 @@ def save_revision(
     return rev
 
 
+def save_window(
+    session: Session,
+    store: BlobStore,
+    image: Image,
+    bbox: tuple[int, int, int, int],
+    where: np.ndarray,
+    window: np.ndarray,
+    *,
+    source: str,
+    author_id: int | None,
+    task_id: int | None = None,
+    idempotency_key: str | None = None,
+) -> LabelRevision:
+    """The image's next revision: its current mask with the pixels ``where`` (bool, over
+    ``bbox`` = (y0, x0, y1, x1), end exclusive) set from ``window``. The caller holds
+    :func:`lock_image`."""
+    mask = current_mask(session, store, image).copy()
+    y0, x0, y1, x1 = bbox
+    view = mask[y0:y1, x0:x1]
+    view[where] = window[where]
+    return save_revision(
+        session,
+        store,
+        image,
+        mask,
+        source=source,
+        author_id=author_id,
+        task_id=task_id,
+        idempotency_key=idempotency_key,
+    )
+
+
 def put_mask_png(
     session: Session,
     store: BlobStore,

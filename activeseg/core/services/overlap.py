@@ -25,12 +25,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from activeseg.core.errors import Conflict
 from activeseg.core.imaging import decode_index, encode_png
 from activeseg.core.services import labels
+from activeseg.core.services.auto_retrain import count_labels
 from activeseg.core.storage import BlobStore
 from activeseg.core.tables import (
     LabelRevision,
@@ -218,20 +219,20 @@ def add_answer(
         task.state = TaskState.disputed.value  # held back from training
         return Answered(row, True, None)
     image = labels.lock_image(session, task.image_id)
-    mask = labels.current_mask(session, store, image).copy()
-    y0, x0, y1, x1 = bbox
-    view = mask[y0:y1, x0:x1]
     decided = inside & (agreed != UNLABELLED)
-    view[decided] = agreed[decided]
-    revision = labels.save_revision(
-        session, store, image, mask, source="consensus", author_id=None, task_id=task.id
+    revision = labels.save_window(
+        session,
+        store,
+        image,
+        bbox,
+        decided,
+        agreed,
+        source="consensus",
+        author_id=None,
+        task_id=task.id,
     )
     task.state = TaskState.submitted.value
-    session.execute(
-        update(Project)
-        .where(Project.id == project.id)
-        .values(labels_since_retrain=Project.labels_since_retrain + 1)
-    )
+    count_labels(session, project.id)
     return Answered(row, True, revision)
 
 

@@ -30,12 +30,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from activeseg.core.errors import Conflict, Invalid
 from activeseg.core.imaging import decode_index
 from activeseg.core.services import auth, labels, overlap
+from activeseg.core.services.auto_retrain import count_labels
 from activeseg.core.services.regions import region_set
 from activeseg.core.services.tasks import Submission, read_answer, task_bbox
 from activeseg.core.storage import BlobStore
@@ -162,18 +163,18 @@ def _write(
     window: np.ndarray,
 ) -> LabelRevision:
     """A new revision of ``image``: the pixels ``where`` (over ``bbox``) set from ``window``."""
-    mask = labels.current_mask(session, store, image).copy()
-    y0, x0, y1, x1 = bbox
-    view = mask[y0:y1, x0:x1]
-    view[where] = window[where]
-    revision = labels.save_revision(
-        session, store, image, mask, source="review", author_id=reviewer.id, task_id=task.id
+    revision = labels.save_window(
+        session,
+        store,
+        image,
+        bbox,
+        where,
+        window,
+        source="review",
+        author_id=reviewer.id,
+        task_id=task.id,
     )
-    session.execute(
-        update(Project)
-        .where(Project.id == project.id)
-        .values(labels_since_retrain=Project.labels_since_retrain + 1)
-    )
+    count_labels(session, project.id)
     return revision
 
 

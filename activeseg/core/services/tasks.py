@@ -17,6 +17,7 @@ from activeseg.core.heatmaps import decode_heatmaps
 from activeseg.core.imaging import check_mask_values, decode_index
 from activeseg.core.project_config import ProjectSettings
 from activeseg.core.services import labels, overlap
+from activeseg.core.services.auto_retrain import count_labels
 from activeseg.core.services.projects import project_settings
 from activeseg.core.services.regions import region_set
 from activeseg.core.storage import BlobStore
@@ -288,20 +289,19 @@ def submit(
     if done is not None:
         _same_answer_or_refuse(store, task, done, answer)
         return done, False
-    mask = labels.current_mask(session, store, image).copy()
     y0, x0, y1, x1 = answer.bbox
-    window = mask[y0:y1, x0:x1]
-    window[answer.inside] = answer.window[answer.inside]
     prediction = _queuing_prediction(session, store, task, image)
     task.answered_pixels, task.model_wrong_pixels = answer_errors(
         answer.window, None if prediction is None else prediction[y0:y1, x0:x1]
     )
     task.clicks = answer.clicks
-    rev = labels.save_revision(
+    rev = labels.save_window(
         session,
         store,
         image,
-        mask,
+        answer.bbox,
+        answer.inside,
+        answer.window,
         source="task",
         author_id=user.id,
         task_id=task.id,
@@ -311,11 +311,7 @@ def submit(
     task.submitted_at = _now()
     task.submitted_by = user.id
     task.lease_expires_at = None
-    session.execute(
-        update(Project)
-        .where(Project.id == project.id)
-        .values(labels_since_retrain=Project.labels_since_retrain + 1)
-    )
+    count_labels(session, project.id)
     return rev, True
 
 
