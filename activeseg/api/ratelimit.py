@@ -2,9 +2,10 @@
 
 Why: one runaway script (a labeling tool in a retry loop, a misconfigured uploader) must not
 starve the annotators sharing the service. Each token gets a token bucket per limit kind:
-``tasks`` (lease next, heartbeat, release, skip, submit) counts requests; ``uploads`` (image
-upload, mask PUT, label import) counts uploaded *files*, so a client that sends 100 images in
-one request spends 100, exactly as one sending them one by one, and batching is never punished.
+``tasks`` (lease next, heartbeat, release, skip, submit, and the review stage's lease next,
+heartbeat, release and decision) counts requests; ``uploads`` (image upload, mask PUT, label
+import) counts uploaded *files*, so a client that sends 100 images in one request spends 100,
+exactly as one sending them one by one, and batching is never punished.
 Both are sized by ``ACTIVESEG_RATE_LIMIT_*_PER_MINUTE`` (0 = off).
 
 Why a plain ASGI middleware and not a route dependency: FastAPI reads (and spools) a multipart
@@ -57,6 +58,11 @@ LIMITED_ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/tasks/{task_id}/release"): "tasks",
     ("POST", "/tasks/{task_id}/skip"): "tasks",
     ("POST", "/tasks/{task_id}/submit"): "tasks",
+    # the review stage's lease and decision: the same kind of request, the same bucket
+    ("POST", "/projects/{project_id}/reviews/next"): "tasks",
+    ("POST", "/tasks/{task_id}/review/heartbeat"): "tasks",
+    ("POST", "/tasks/{task_id}/review/release"): "tasks",
+    ("POST", "/tasks/{task_id}/review"): "tasks",
     ("POST", "/projects/{project_id}/images"): "uploads",
     ("PUT", "/images/{image_id}/mask"): "uploads",
     ("POST", "/projects/{project_id}/import"): "uploads",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -128,7 +129,7 @@ def test_accept_writes_the_consensus_and_nobody_reviews_their_own_answer(  # typ
     assert lease.status_code == 200, lease.text
     body = lease.json()
     assert body["task"]["id"] == t1  # the older dispute first
-    assert body["bbox"] == [0, 0, 16, 16]
+    assert body["bbox"] == body["crop"] == [0, 0, 16, 16]  # the whole 16x16 image
     assert np.array_equal(_unb64(body["consensus_png"]), CONSENSUS)
     assert np.array_equal(_unb64(body["region_mask_png"]), np.ones((16, 16), np.uint8))
     got = [(x["user_id"], x["agreement"], _unb64(x["window_png"])) for x in body["answers"]]
@@ -239,3 +240,98 @@ def test_correct_makes_the_reviewers_patch_the_label(stack: Stack, admin, team) 
     for name in "abc":  # a correction accepts nobody's answer
         row = stats[people[name][0]]
         assert (row["rejections"], row["reviewer_agreement"]) == (0, 0.0)
+
+
+def _set_lease_expiry(stack: Stack, task_id: int, at: datetime) -> None:
+    with stack.db.session() as s:  # type: ignore[attr-defined]
+        s.get(Task, task_id).lease_expires_at = at
+
+
+def _lease_columns(stack: Stack, task_id: int) -> tuple[Any, ...]:
+    with stack.db.session() as s:  # type: ignore[attr-defined]
+        task = s.get(Task, task_id)
+        return task.state, task.leased_by, task.leased_at, task.lease_expires_at
+
+
+def test_review_heartbeat_extends_only_your_live_review_lease(  # type: ignore[no-untyped-def]
+    stack: Stack, admin, team
+) -> None:
+    pid, _, (t1, t2), people = team
+    (_, a), (_, b), (r_id, r) = (people[k] for k in "abr")
+    _dispute(people, pid, t1, [A, B, C])
+    # An annotator is refused on the role, before the task or its project is looked up.
+    for task_id in (t1, 10**6):
+        for action in ("heartbeat", "release"):
+            refused = b.post(f"/tasks/{task_id}/review/{action}")
+            assert refused.status_code == 403 and "reviewer" in refused.json()["detail"]
+    assert r.post(f"/tasks/{10**6}/review/heartbeat").status_code == 404
+    _, outsider_token = make_user(admin, "reviewer")  # not a member: no such task
+    with stack.client(outsider_token) as outsider:
+        assert outsider.post(f"/tasks/{t1}/review/heartbeat").status_code == 404
+    # Nobody reviews t1 yet; t2 is not even disputed.
+    for task_id in (t1, t2):
+        idle = r.post(f"/tasks/{task_id}/review/heartbeat")
+        assert idle.status_code == 409 and "not under your review" in idle.json()["detail"]
+
+    lease = r.post(f"/projects/{pid}/reviews/next").json()
+    assert lease["task"]["id"] == t1
+    # 5 s left of the 60 s lease; a heartbeat makes it 60 s from now.
+    _set_lease_expiry(stack, t1, datetime.now(UTC) + timedelta(seconds=5))
+    before = datetime.now(UTC)
+    beat = r.post(f"/tasks/{t1}/review/heartbeat")
+    after = datetime.now(UTC)
+    assert beat.status_code == 200, beat.text
+    body = beat.json()
+    assert (body["id"], body["state"]) == (t1, "disputed")
+    expires = datetime.fromisoformat(body["lease_expires_at"])
+    assert before + timedelta(seconds=60) <= expires <= after + timedelta(seconds=60)
+    state, leased_by, _, stored = _lease_columns(stack, t1)
+    assert (state, leased_by, stored) == ("disputed", r_id, expires)
+    # Someone else's review: the admin's heartbeat moves nothing, nor does an answerer's.
+    for client in (admin, a):
+        other = client.post(f"/tasks/{t1}/review/heartbeat")
+        assert other.status_code == 409 and "not under your review" in other.json()["detail"]
+    assert _lease_columns(stack, t1)[3] == expires
+    # A lapsed review lease is not revived: lease again.
+    lapsed_at = datetime.now(UTC) - timedelta(seconds=1)
+    _set_lease_expiry(stack, t1, lapsed_at)
+    lapsed = r.post(f"/tasks/{t1}/review/heartbeat")
+    assert lapsed.status_code == 409 and "expired" in lapsed.json()["detail"]
+    assert _lease_columns(stack, t1)[3] == lapsed_at
+    again = r.post(f"/projects/{pid}/reviews/next")
+    assert again.json()["task"]["id"] == t1
+    assert r.post(f"/tasks/{t1}/review/heartbeat").status_code == 200
+
+
+def test_review_release_gives_the_task_to_the_next_reviewer_at_once(  # type: ignore[no-untyped-def]
+    stack: Stack, admin, team
+) -> None:
+    pid, ids, (t1, _), people = team
+    (_, a), (r_id, r) = (people[k] for k in "ar")
+    _dispute(people, pid, t1, [A, B, C])
+    assert r.post(f"/projects/{pid}/reviews/next").json()["task"]["id"] == t1
+    assert admin.post(f"/projects/{pid}/reviews/next").status_code == 204  # t1 is r's
+    for client in (admin, a):  # not theirs to give back
+        other = client.post(f"/tasks/{t1}/review/release")
+        assert other.status_code == 409 and "not under your review" in other.json()["detail"]
+    assert _lease_columns(stack, t1)[:2] == ("disputed", r_id)
+
+    done = r.post(f"/tasks/{t1}/review/release")
+    assert done.status_code == 200, done.text
+    body = done.json()
+    assert (body["id"], body["state"], body["lease_expires_at"]) == (t1, "disputed", None)
+    assert _lease_columns(stack, t1) == ("disputed", None, None, None)
+    # Another reviewer leases it at once, with the same answers; r's release is spent.
+    lease = admin.post(f"/projects/{pid}/reviews/next")
+    assert lease.status_code == 200 and lease.json()["task"]["id"] == t1
+    assert len(lease.json()["answers"]) == 3
+    again = r.post(f"/tasks/{t1}/review/release")
+    assert again.status_code == 409
+    assert r.post(f"/tasks/{t1}/review", json={"decision": "accept"}).status_code == 409
+    # A lapsed lease nobody took since may still be given back; the admin's then decides
+    # nothing until leased again, and the task was never decided on the way.
+    _set_lease_expiry(stack, t1, datetime.now(UTC) - timedelta(seconds=1))
+    assert admin.post(f"/tasks/{t1}/review/release").status_code == 200
+    assert _lease_columns(stack, t1) == ("disputed", None, None, None)
+    assert admin.get(f"/images/{ids[0]}/revisions").json()["count"] == 0
+    assert r.post(f"/projects/{pid}/reviews/next").json()["task"]["id"] == t1

@@ -1,5 +1,6 @@
-"""The review stage over HTTP: lease the next disputed task, decide it (accept, reject,
-correct), and an annotator's own rejections. How: :mod:`activeseg.core.services.review`."""
+"""The review stage over HTTP: lease the next disputed task, keep the review lease alive or
+give it back, decide it (accept, reject, correct), and an annotator's own rejections. How:
+:mod:`activeseg.core.services.review`."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from activeseg.core.imaging import encode_png
 from activeseg.core.services import auth, links, review, tasks
 from activeseg.core.services.auto_retrain import maybe_request_retrain
 from activeseg.core.services.projects import project_settings
-from activeseg.core.tables import MAX_ROW_ID, Image, Role, User
+from activeseg.core.tables import MAX_ROW_ID, Image, Role, Task, User
 
 router = APIRouter(tags=["review"], responses=error_responses(403, 404, 409, 507))
 
@@ -50,6 +51,9 @@ class ReviewLease(BaseModel):
     image_width: int
     image_height: int
     bbox: list[int] = Field(description="[y0, x0, y1, x1] of the task's regions (end exclusive)")
+    crop: list[int] = Field(
+        description="[y0, x0, y1, x1]: the bbox with context around it (as a task lease's)"
+    )
     region_mask_png: str = Field(description="base64 PNG over bbox: 1 inside the regions, 0 out")
     answers: list[AnswerForReview]
     consensus_png: str = Field(
@@ -133,12 +137,21 @@ def lease_next_review(
         key, expires_at = links.signing_key(s), links.expiry(settings.link_ttl_s)
         path = f"/images/{task.image_id}/file"
         assert task.lease_expires_at is not None and image is not None
+        y0, x0, y1, x1 = view.bbox
+        my, mx = max(8, (y1 - y0) // 2), max(8, (x1 - x0) // 2)  # as a task lease's crop
+        crop = [
+            max(0, y0 - my),
+            max(0, x0 - mx),
+            min(image.height, y1 + my),
+            min(image.width, x1 + mx),
+        ]
         return ReviewLease(
             task=TaskPublic.model_validate(task),
             image_url=f"{path}?{links.sign_with(key, path, {}, expires_at)}",
             image_width=image.width,
             image_height=image.height,
             bbox=list(view.bbox),
+            crop=crop,
             region_mask_png=_png(view.inside.astype("uint8")),
             answers=[
                 AnswerForReview(
@@ -154,6 +167,26 @@ def lease_next_review(
             consensus_png=_png(view.consensus),
             lease_expires_at=task.lease_expires_at,
         )
+
+
+@router.post("/tasks/{task_id}/review/heartbeat", response_model=TaskPublic)
+def heartbeat(task_id: RowId, user: Reviewer, db: DbDep) -> Task:
+    """Extend your review lease by the project's lease time (409 when the task is not under
+    your review, or your review lease has lapsed: lease again)."""
+    with db.session() as s:
+        task = tasks.get_task_for(s, task_id, lock=True)
+        project = auth.get_project_for(s, user, task.project_id)
+        return review.heartbeat_review(task, user, project_settings(project).lease_seconds)
+
+
+@router.post("/tasks/{task_id}/review/release", response_model=TaskPublic)
+def release(task_id: RowId, user: Reviewer, db: DbDep) -> Task:
+    """Give the disputed task back to the review queue (it stays ``disputed``; another
+    reviewer may lease it at once). 409 when it is not under your review."""
+    with db.session() as s:
+        task = tasks.get_task_for(s, task_id, lock=True)
+        auth.get_project_for(s, user, task.project_id)
+        return review.release_review(task, user)
 
 
 @router.post("/tasks/{task_id}/review", response_model=ReviewResult)

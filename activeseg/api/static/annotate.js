@@ -1,6 +1,12 @@
 // activeseg annotator: lease a task, show its region, take a class (or a painted patch),
 // submit, pull the next one. Plain ES module, no dependencies; talks to the API with the
 // user's token (kept in sessionStorage, i.e. for this tab only).
+//
+// Review mode (reviewers, engineers, admins: the "Annotate | Review" tabs, key m): lease a
+// disputed task (POST /projects/{id}/reviews/next), show each answer's window and their
+// consensus over the region, then accept the consensus, reject the answers with a reason,
+// or paint a correction with the same tools; the review lease gets the same heartbeat and
+// release as a task lease.
 
 import { encodeGreyPng, fromBase64, toBase64, uuid4 } from "./png.js";
 
@@ -8,6 +14,7 @@ const TOKEN_KEY = "activeseg.token";
 const DONE_KEY = "activeseg.done";
 const HEARTBEAT_MS = 60_000;
 const OUTLINE = "#ffe14d";
+const REVIEW_ROLES = new Set(["reviewer", "engineer", "admin"]); // who may review (the API's rule)
 
 const $ = (id) => document.getElementById(id);
 const el = {
@@ -20,6 +27,9 @@ const el = {
   who: $("who"),
   project: $("project"),
   logout: $("logout"),
+  modes: $("modes"),
+  tabAnnotate: $("tab-annotate"),
+  tabReview: $("tab-review"),
   workspace: $("workspace"),
   stage: $("stage"),
   canvas: $("canvas"),
@@ -28,6 +38,9 @@ const el = {
   emptyText: $("empty-text"),
   retry: $("retry"),
   classes: $("classes"),
+  answersBox: $("answers-box"),
+  answers: $("answers"),
+  overlaysBox: $("overlays-box"),
   modeRegion: $("mode-region"),
   modeBrush: $("mode-brush"),
   brushTools: $("brush-tools"),
@@ -40,22 +53,34 @@ const el = {
   showHeat: $("show-heat"),
   showOutline: $("show-outline"),
   overlayNote: $("overlay-note"),
+  annotateActions: $("annotate-actions"),
   submit: $("submit"),
   skip: $("skip"),
   skipReason: $("skip-reason"),
+  reviewActions: $("review-actions"),
+  accept: $("accept"),
+  correct: $("correct"),
+  rejectForm: $("reject-form"),
+  rejectReason: $("reject-reason"),
+  reject: $("reject"),
   taskInfo: $("task-info"),
   lease: $("lease"),
   queue: $("queue"),
   done: $("done"),
+  helpAnnotate: $("help-annotate"),
+  helpReview: $("help-review"),
+  helpMode: $("help-mode"),
 };
 const ctx = el.canvas.getContext("2d");
 
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY),
   user: null,
+  view: "annotate", // or "review": what the page leases (tasks, or disputed tasks to decide)
+  canReview: false,
   project: null,
   classes: [],
-  lease: null, // the /tasks/next payload of the task on screen
+  lease: null, // the /tasks/next (or /reviews/next, kind "review") payload on screen
   clockSkewMs: 0, // server clock minus ours
   task: null, // per-task drawing state, see showTask()
   selected: null,
@@ -65,7 +90,7 @@ const state = {
   busy: false,
   hover: null,
   painting: null,
-  done: JSON.parse(sessionStorage.getItem(DONE_KEY) || '{"submitted":0,"skipped":0}'),
+  done: JSON.parse(sessionStorage.getItem(DONE_KEY) || '{"submitted":0,"skipped":0,"reviewed":0}'),
   images: new Map(), // image id -> ImageBitmap (a few recent ones)
   timers: [],
 };
@@ -153,6 +178,8 @@ function toLogin(message = "") {
   stopTimers();
   state.user = null;
   state.lease = null;
+  state.canReview = false;
+  applyView("annotate");
   sessionStorage.removeItem(TOKEN_KEY);
   el.session.hidden = true;
   el.workspace.hidden = true;
@@ -187,6 +214,11 @@ async function login(token) {
   name.textContent = me.name;
   el.who.append(name, ` (${me.role})`);
   el.who.dataset.role = me.role;
+  state.canReview = REVIEW_ROLES.has(me.role);
+  el.modes.hidden = !state.canReview; // an annotator never sees the switch
+  el.helpMode.hidden = !state.canReview;
+  const wantReview = new URLSearchParams(location.search).get("mode") === "review";
+  applyView(wantReview && state.canReview ? "review" : "annotate");
   await loadProjects();
 }
 
@@ -236,7 +268,7 @@ async function openProject(id) {
     buildClassButtons();
     el.workspace.hidden = false;
     resizeCanvas();
-    await nextTask();
+    await next();
   } finally {
     el.project.disabled = false;
   }
@@ -411,16 +443,8 @@ async function nextTask() {
     setStatus("Fetching the next task…");
     const lease = await api("POST", `/projects/${state.project.id}/tasks/next`);
     if (lease === null) {
-      state.lease = null;
-      state.task = null;
+      clearTask();
       showEmpty("Nothing to label right now.", EMPTY_TEXT, "Check again");
-      selectClass(null);
-      markProposed(null);
-      el.taskInfo.textContent = "–";
-      el.lease.textContent = "–";
-      delete el.taskInfo.dataset.taskId;
-      updateButtons();
-      draw();
       await refreshQueue();
       setStatus("Nothing to label right now: the queue is empty.", "ok");
       return;
@@ -437,6 +461,25 @@ async function nextTask() {
   }
 }
 
+/** Nothing on screen: no lease, no task, no class chosen. */
+function clearTask() {
+  state.lease = null;
+  state.task = null;
+  selectClass(null);
+  markProposed(null);
+  el.answers.replaceChildren();
+  el.taskInfo.textContent = "–";
+  el.lease.textContent = "–";
+  delete el.taskInfo.dataset.taskId;
+  updateButtons();
+  draw();
+}
+
+/** Lease what the current view works on: a task to label, or a disputed task to decide. */
+function next() {
+  return state.view === "review" ? nextReview() : nextTask();
+}
+
 async function refreshQueue() {
   try {
     showQueue(await api("GET", `/projects/${state.project.id}/queue`));
@@ -447,6 +490,10 @@ async function refreshQueue() {
 
 function showQueue(q) {
   if (!q) return;
+  if (state.view === "review") {
+    el.queue.textContent = `${q.disputed ?? 0} disputed`;
+    return;
+  }
   const parts = ["queued", "leased", "submitted", "skipped", "stale"]
     .filter((k) => k === "queued" || q[k] > 0)
     .map((k) => `${q[k] ?? 0} ${k}`);
@@ -455,8 +502,12 @@ function showQueue(q) {
 
 function showDone() {
   const { submitted, skipped } = state.done;
-  el.done.textContent = `${submitted} submitted${skipped ? `, ${skipped} skipped` : ""}`;
+  const reviewed = state.done.reviewed || 0;
+  el.done.textContent =
+    `${submitted} submitted${skipped ? `, ${skipped} skipped` : ""}` +
+    `${reviewed ? `, ${reviewed} reviewed` : ""}`;
   el.done.dataset.submitted = String(submitted);
+  el.done.dataset.reviewed = String(reviewed);
   sessionStorage.setItem(DONE_KEY, JSON.stringify(state.done));
 }
 
@@ -524,24 +575,27 @@ function outlinePath(inside, w, h, x0, y0) {
   return path;
 }
 
-async function showTask(lease) {
+/** The values of a base64 8-bit index PNG (a mask, an answer window) as w x h bytes. */
+async function indexPixels(b64, w, h) {
+  const bmp = await bitmapFromBlob(new Blob([fromBase64(b64)], { type: "image/png" }), true);
+  const data = pixelsOf(bmp, 0, 0, bmp.width, bmp.height, w, h).data;
+  bmp.close();
+  const out = new Uint8Array(w * h);
+  for (let i = 0; i < w * h; i++) out[i] = data[i * 4];
+  return out;
+}
+
+/** What every leased task (to label or to review) draws with: its geometry over the image,
+ * the region (`inside`), the dimmed crop, the outline and an empty patch to paint. */
+function taskGeometry(lease, image, regionMask) {
   const [by0, bx0, by1, bx1] = lease.bbox;
   const [cy0, cx0, cy1, cx1] = lease.crop;
   const w = bx1 - bx0;
   const h = by1 - by0;
   const imgW = lease.image_width;
   const imgH = lease.image_height;
-
-  const [image, maskBmp, prediction, heat] = await Promise.all([
-    loadImage(lease.task.image_id),
-    bitmapFromBlob(new Blob([fromBase64(lease.region_mask_png)], { type: "image/png" }), true),
-    optionalOverlay(lease.prediction_url, "model proposal"),
-    optionalOverlay(lease.uncertainty_url, "uncertainty heatmap"),
-  ]);
-  const maskData = pixelsOf(maskBmp, 0, 0, maskBmp.width, maskBmp.height, w, h).data;
-  maskBmp.close();
   const inside = new Uint8Array(w * h);
-  for (let i = 0; i < w * h; i++) inside[i] = maskData[i * 4] > 0 ? 1 : 0;
+  for (let i = 0; i < w * h; i++) inside[i] = regionMask[i] > 0 ? 1 : 0;
 
   // Dim everything in the crop but the region.
   const cw = cx1 - cx0;
@@ -555,6 +609,32 @@ async function showTask(lease) {
       dim.data[(y * cw + x) * 4 + 3] = isIn ? 0 : 120;
     }
   }
+  const insideRgba = new ImageData(w, h);
+  for (let i = 0; i < w * h; i++) insideRgba.data[i * 4 + 3] = inside[i] ? 255 : 0;
+  return {
+    w, h, bx0, by0, cx0, cy0, cw, ch, imgW, imgH,
+    image, inside,
+    insideMask: canvasOf(insideRgba),
+    dim: canvasOf(dim),
+    outline: outlinePath(inside, w, h, bx0, by0),
+    patch: new Uint8Array(w * h).fill(255),
+    patchImage: new ImageData(w, h),
+    patchCanvas: new OffscreenCanvas(w, h),
+    patchDarkCanvas: new OffscreenCanvas(w, h),
+    patchDark: null,
+    expiresAt: parseTime(lease.lease_expires_at),
+  };
+}
+
+async function showTask(lease) {
+  const [image, regionMask, prediction, heat] = await Promise.all([
+    loadImage(lease.task.image_id),
+    indexPixels(lease.region_mask_png, lease.bbox[3] - lease.bbox[1], lease.bbox[2] - lease.bbox[0]),
+    optionalOverlay(lease.prediction_url, "model proposal"),
+    optionalOverlay(lease.uncertainty_url, "uncertainty heatmap"),
+  ]);
+  const base = taskGeometry(lease, image, regionMask);
+  const { w, h, bx0, by0, imgW, imgH, inside } = base;
 
   // The model's proposal (class colours), masked to the region.
   let proposal = null;
@@ -568,8 +648,6 @@ async function showTask(lease) {
     proposalDark = darkMask(px.data, w, h);
     prediction.close();
   }
-  const insideRgba = new ImageData(w, h);
-  for (let i = 0; i < w * h; i++) insideRgba.data[i * 4 + 3] = inside[i] ? 255 : 0;
 
   const counts = new Map();
   for (const cls of Object.values(lease.proposed_classes || {})) {
@@ -578,27 +656,21 @@ async function showTask(lease) {
   const proposed = counts.size ? [...counts].sort((a, b) => b[1] - a[1])[0][0] : null;
 
   state.lease = lease;
-  state.task = {
-    w, h, bx0, by0, cx0, cy0, cw, ch, imgW, imgH,
-    image, heat, proposal, proposalDark, inside,
-    insideMask: canvasOf(insideRgba),
-    dim: canvasOf(dim),
-    outline: outlinePath(inside, w, h, bx0, by0),
-    patch: new Uint8Array(w * h).fill(255),
-    patchImage: new ImageData(w, h),
-    patchCanvas: new OffscreenCanvas(w, h),
-    patchDarkCanvas: new OffscreenCanvas(w, h),
-    patchDark: null,
-    idempotencyKey: uuid4(),
-    expiresAt: parseTime(lease.lease_expires_at),
-  };
+  state.task = { ...base, heat, proposal, proposalDark, idempotencyKey: uuid4() };
   renderPatch();
 
   el.empty.hidden = true;
   showOverlayNote(lease, proposal, heat);
   markProposed(proposed);
   selectClass(state.classes.some((c) => c.id === proposed) ? proposed : null);
+  showTaskInfo(lease);
+  showQueue(lease.queue);
+  updateLease();
+  resizeCanvas();
+  el.canvas.focus({ preventScroll: true });
+}
 
+function showTaskInfo(lease) {
   const t = lease.task;
   const nRegions = t.regions.length;
   el.taskInfo.textContent =
@@ -611,10 +683,6 @@ async function showTask(lease) {
     regions: JSON.stringify(t.regions),
     bbox: JSON.stringify(lease.bbox),
   });
-  showQueue(lease.queue);
-  updateLease();
-  resizeCanvas();
-  el.canvas.focus({ preventScroll: true });
 }
 
 function showOverlayNote(lease, proposal, heat) {
@@ -636,12 +704,12 @@ function parseTime(text) {
   return Date.parse(hasZone ? text : `${text}Z`);
 }
 
-function renderPatch() {
-  const t = state.task;
-  const d = t.patchImage.data;
+/** Class colours of index `values` into the RGBA `image` (255, unlabelled: transparent). */
+function colourIndex(values, image) {
+  const d = image.data;
   const colours = new Map(state.classes.map((c) => [c.id, colourOf(c.id)]));
-  for (let i = 0; i < t.patch.length; i++) {
-    const v = t.patch[i];
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
     if (v === 255) {
       d[i * 4 + 3] = 0;
       continue;
@@ -649,30 +717,42 @@ function renderPatch() {
     const [r, g, b] = colours.get(v) || [128, 128, 128];
     d.set([r, g, b, 255], i * 4);
   }
+  return d;
+}
+
+function renderPatch() {
+  const t = state.task;
+  const d = colourIndex(t.patch, t.patchImage);
   t.patchCanvas.getContext("2d").putImageData(t.patchImage, 0, 0);
   t.patchDark = darkMask(d, t.w, t.h, t.patchDarkCanvas);
+}
+
+/** The answer on screen as the API takes it: one class for the whole region (`classes`) or
+ * the painted patch (`patch_png`); null, with a hint on the status line, when there is none. */
+async function answerBody(regionHint) {
+  const t = state.task;
+  const lease = state.lease;
+  if (state.mode === "region") {
+    if (state.selected === null) {
+      setStatus("Pick a class first (click it, or press its number key).", "warn");
+      return null;
+    }
+    return { classes: Object.fromEntries(lease.task.regions.map((r) => [String(r), state.selected])) };
+  }
+  if (!t.patch.some((v) => v !== 255)) {
+    setStatus(`Paint some of the region first${regionHint}.`, "warn");
+    return null;
+  }
+  return { patch_png: toBase64(await encodeGreyPng(t.patch, t.w, t.h)) };
 }
 
 async function submit() {
   const t = state.task;
   const lease = state.lease;
-  if (!t || !lease || state.busy) return;
-  let body;
-  if (state.mode === "region") {
-    if (state.selected === null) {
-      setStatus("Pick a class first (click it, or press its number key).", "warn");
-      return;
-    }
-    const classes = Object.fromEntries(lease.task.regions.map((r) => [String(r), state.selected]));
-    body = { classes, idempotency_key: t.idempotencyKey };
-  } else {
-    if (!t.patch.some((v) => v !== 255)) {
-      setStatus("Paint some of the region first (or switch to whole region with r).", "warn");
-      return;
-    }
-    const png = await encodeGreyPng(t.patch, t.w, t.h);
-    body = { patch_png: toBase64(png), idempotency_key: t.idempotencyKey };
-  }
+  if (!t || !lease || lease.kind === "review" || state.busy) return;
+  const answer = await answerBody(" (or switch to whole region with r)");
+  if (!answer) return;
+  const body = { ...answer, idempotency_key: t.idempotencyKey };
   state.busy = true;
   updateButtons();
   try {
@@ -729,6 +809,7 @@ function offerNext() {
   state.lease = null;
   state.task = null;
   el.lease.textContent = "lost";
+  el.answers.replaceChildren();
   showEmpty("This task is no longer yours.", "See the message above. Pull another one.", "Next task");
   updateButtons();
   draw();
@@ -751,16 +832,22 @@ async function releaseCurrent() {
   state.task = null;
   if (!lease) return;
   try {
-    await api("POST", `/tasks/${lease.task.id}/release`);
+    await api("POST", leasePath(lease, "release"));
   } catch {
     // The lease will lapse on its own.
   }
 }
 
+/** Where a lease is kept alive or given back: a review lease has its own routes. */
+function leasePath(lease, action) {
+  const review = lease.kind === "review" ? "/review" : "";
+  return `/tasks/${lease.task.id}${review}/${action}`;
+}
+
 function releaseOnUnload() {
   const lease = state.lease;
   if (!lease || !state.token) return;
-  fetch(`/tasks/${lease.task.id}/release`, {
+  fetch(leasePath(lease, "release"), {
     method: "POST",
     keepalive: true,
     headers: { Authorization: `Bearer ${state.token}` },
@@ -771,7 +858,237 @@ function updateButtons() {
   const has = Boolean(state.lease) && !state.busy;
   el.submit.disabled = !has;
   el.skip.disabled = !has;
+  el.accept.disabled = !has;
+  el.correct.disabled = !has;
+  el.reject.disabled = !has;
   el.retry.disabled = state.busy;
+}
+
+// ---------------------------------------------------------------- review mode
+
+const REVIEW_EMPTY_TEXT =
+  "Disputed tasks (where the overlapping answers agree too little) appear here; tasks you " +
+  "answered yourself go to another reviewer. Check again later.";
+
+/** Show the panel, tabs and help of `view` ("annotate" or "review"); leases nothing. */
+function applyView(view) {
+  state.view = view;
+  const review = view === "review";
+  el.tabAnnotate.setAttribute("aria-selected", String(!review));
+  el.tabReview.setAttribute("aria-selected", String(review));
+  document.body.dataset.view = view;
+  el.annotateActions.hidden = review;
+  el.reviewActions.hidden = !review;
+  el.answersBox.hidden = !review;
+  el.overlaysBox.hidden = review; // no model overlays in review; o still toggles the outline
+  el.helpAnnotate.hidden = review;
+  el.helpReview.hidden = !review;
+  el.answers.replaceChildren();
+  el.rejectReason.value = "";
+  el.queue.textContent = "–";
+}
+
+/** Switch between labelling and reviewing: the lease on screen is given back first. */
+async function switchView(view) {
+  if (view === state.view || (view === "review" && !state.canReview)) return;
+  if (state.busy) {
+    setStatus("Wait for the request in flight, then switch.", "warn");
+    return;
+  }
+  const lease = state.lease;
+  state.lease = null; // nothing acts on it any more, though its release is still on the way
+  state.task = null;
+  applyView(view);
+  const url = new URL(location.href);
+  if (view === "review") url.searchParams.set("mode", "review");
+  else url.searchParams.delete("mode");
+  history.replaceState(null, "", url);
+  stopTimers();
+  if (lease) {
+    try {
+      await api("POST", leasePath(lease, "release"));
+    } catch {
+      // The lease will lapse on its own.
+    }
+  }
+  if (state.project) await next();
+}
+
+async function nextReview() {
+  if (!state.project || state.busy) return;
+  state.busy = true;
+  stopTimers();
+  try {
+    setStatus("Fetching the next disputed task…");
+    const lease = await api("POST", `/projects/${state.project.id}/reviews/next`);
+    if (lease === null) {
+      clearTask();
+      showEmpty("No disputed task waits for you.", REVIEW_EMPTY_TEXT, "Check again");
+      await refreshQueue();
+      setStatus("No disputed task waits for you.", "ok");
+      return;
+    }
+    lease.kind = "review";
+    await showReview(lease);
+    startTimers();
+    setStatus(
+      `Task #${lease.task.id}: ${lease.answers.length} answers disagree. Accept the consensus ` +
+        "(a), reject them with a reason (r), or paint a correction and press Enter.",
+    );
+  } catch (err) {
+    setStatus(`Could not get a disputed task: ${describe(err)}`, "error");
+  } finally {
+    state.busy = false;
+    updateButtons();
+  }
+}
+
+function percent(share) {
+  return share === null || share === undefined ? "–" : `${Math.round(share * 100)} %`;
+}
+
+/** A class-coloured layer of index `values` over the region, for drawing. */
+function layerOf(values, t) {
+  const img = new ImageData(t.w, t.h);
+  const d = colourIndex(values, img);
+  for (let i = 0; i < t.w * t.h; i++) if (!t.inside[i]) d[i * 4 + 3] = 0;
+  return { canvas: canvasOf(img), dark: darkMask(d, t.w, t.h) };
+}
+
+async function showReview(lease) {
+  const [, bx0, , bx1] = lease.bbox;
+  const w = bx1 - bx0;
+  const h = lease.bbox[2] - lease.bbox[0];
+  const [image, regionMask, consensus, ...windows] = await Promise.all([
+    loadImage(lease.task.image_id),
+    indexPixels(lease.region_mask_png, w, h),
+    indexPixels(lease.consensus_png, w, h),
+    ...lease.answers.map((a) => indexPixels(a.window_png, w, h)),
+  ]);
+  const base = taskGeometry(lease, image, regionMask);
+  const layers = [
+    {
+      ...layerOf(consensus, base),
+      label: "Consensus",
+      detail: "per-pixel majority",
+      title: "The per-pixel majority of the answers (ties unlabelled): what Accept saves",
+    },
+    ...lease.answers.map((a, i) => ({
+      ...layerOf(windows[i], base),
+      label: `Annotator ${a.user_id}`,
+      detail: `agrees ${percent(a.agreement)}`,
+      title:
+        `Answer ${i + 1} by user ${a.user_id}: ${a.answered_pixels} px labelled, ` +
+        `${percent(a.agreement)} of them as the consensus`,
+      userId: a.user_id,
+    })),
+  ];
+  state.lease = lease;
+  state.task = { ...base, heat: null, proposal: null, proposalDark: null, layers, layer: 0 };
+  renderPatch();
+  el.empty.hidden = true;
+  el.rejectReason.value = "";
+  markProposed(null);
+  selectClass(null);
+  buildLayerButtons(layers);
+  showLayer(0);
+  showTaskInfo(lease);
+  el.taskInfo.textContent += ` · agreement ${percent(lease.task.agreement)}`;
+  updateLease();
+  resizeCanvas();
+  el.canvas.focus({ preventScroll: true });
+  refreshQueue(); // the review lease carries no counts; not waited for
+}
+
+function buildLayerButtons(layers) {
+  el.answers.replaceChildren();
+  layers.forEach((layer, index) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "layer-btn";
+    b.dataset.layer = String(index);
+    if (layer.userId !== undefined) b.dataset.userId = String(layer.userId);
+    b.title = layer.title;
+    b.setAttribute("aria-pressed", "false");
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = layer.label;
+    const detail = document.createElement("span");
+    detail.className = "detail";
+    detail.textContent = layer.detail;
+    b.append(name, detail);
+    b.addEventListener("click", () => showLayer(index));
+    el.answers.append(b);
+  });
+}
+
+/** Draw layer `index` (0: the consensus, then each answer) over the region. */
+function showLayer(index) {
+  const t = state.task;
+  if (!t?.layers) return;
+  const n = t.layers.length;
+  t.layer = ((index % n) + n) % n;
+  for (const b of el.answers.children) {
+    const on = Number(b.dataset.layer) === t.layer;
+    b.setAttribute("aria-pressed", String(on));
+    if (on) b.scrollIntoView({ block: "nearest" });
+  }
+  draw();
+}
+
+async function decide(decision, extra = {}) {
+  const lease = state.lease;
+  if (!lease || lease.kind !== "review" || state.busy) return;
+  const id = lease.task.id;
+  state.busy = true;
+  updateButtons();
+  let done;
+  try {
+    setStatus(`Saving the decision on task #${id}…`);
+    const result = await api("POST", `/tasks/${id}/review`, { decision, ...extra });
+    state.done.reviewed = (state.done.reviewed || 0) + 1;
+    showDone();
+    done =
+      decision === "reject"
+        ? `Rejected task #${id}: it is back in the queue for fresh answers.`
+        : `${decision === "accept" ? "Accepted" : "Corrected"} task #${id} ` +
+          `(revision ${result.revision.revision}).`;
+    state.lease = null;
+  } catch (err) {
+    setStatus(`Not saved: ${describe(err)}`, "error");
+    state.busy = false;
+    updateButtons();
+    if (err instanceof ApiError && err.status === 409 && /not under your review/.test(err.message)) {
+      offerNext();
+    }
+    return;
+  }
+  state.busy = false;
+  el.rejectReason.value = "";
+  await nextReview();
+  if (state.lease) setStatus(`${done} Next: task #${state.lease.task.id}.`, "ok");
+  else if (!el.empty.hidden) setStatus(`${done} No disputed task waits for you.`, "ok");
+}
+
+function accept() {
+  return decide("accept");
+}
+
+function reject() {
+  if (!state.lease || state.busy) return;
+  const reason = el.rejectReason.value.trim();
+  if (!reason) {
+    setStatus("Write why the answers are wrong first: the annotators see it.", "warn");
+    el.rejectReason.focus();
+    return;
+  }
+  return decide("reject", { reason });
+}
+
+async function correct() {
+  if (!state.task || !state.lease || state.busy) return;
+  const answer = await answerBody(" with the brush (b), or pick a class for the whole region");
+  if (answer) await decide("correct", answer);
 }
 
 // ---------------------------------------------------------------- lease timer, heartbeat
@@ -792,7 +1109,10 @@ function updateLease() {
   if (!t || !state.lease) return;
   const left = Math.floor((t.expiresAt - (Date.now() + state.clockSkewMs)) / 1000);
   if (left <= 0) {
-    el.lease.textContent = "expired: submit soon, or the task may go to someone else";
+    el.lease.textContent =
+      state.lease.kind === "review"
+        ? "expired: decide soon, or the task may go to another reviewer"
+        : "expired: submit soon, or the task may go to someone else";
     el.lease.className = "lease-over";
     return;
   }
@@ -806,7 +1126,7 @@ async function heartbeat() {
   const lease = state.lease;
   if (!lease || state.busy) return;
   try {
-    const task = await api("POST", `/tasks/${lease.task.id}/heartbeat`);
+    const task = await api("POST", leasePath(lease, "heartbeat"));
     if (state.lease === lease && task.lease_expires_at) {
       state.task.expiresAt = parseTime(task.lease_expires_at);
       updateLease();
@@ -861,20 +1181,20 @@ function draw() {
     ctx.globalAlpha = 1;
   }
   ctx.drawImage(t.dim, cx0, cy0);
-  const showProposal = t.proposal && el.showProposal.checked;
+  const overlay = overlayOf(t);
   if (state.mode === "brush") {
-    if (showProposal) {
+    if (overlay) {
       ctx.globalAlpha = 0.3;
-      ctx.drawImage(t.proposal, t.bx0, t.by0);
-      stripes(t.proposalDark, t.bx0, t.by0, 0.35);
+      ctx.drawImage(overlay.canvas, t.bx0, t.by0);
+      stripes(overlay.dark, t.bx0, t.by0, 0.35);
     }
     ctx.globalAlpha = 0.7;
     ctx.drawImage(t.patchCanvas, t.bx0, t.by0);
     stripes(t.patchDark, t.bx0, t.by0, 1);
-  } else if (showProposal) {
+  } else if (overlay) {
     ctx.globalAlpha = 0.5;
-    ctx.drawImage(t.proposal, t.bx0, t.by0);
-    stripes(t.proposalDark, t.bx0, t.by0, 1);
+    ctx.drawImage(overlay.canvas, t.bx0, t.by0);
+    stripes(overlay.dark, t.bx0, t.by0, 1);
   } else if (state.selected !== null) {
     // No proposal on screen: tint the region with the chosen class.
     const rgb = colourOf(state.selected);
@@ -905,6 +1225,13 @@ function draw() {
     ctx.strokeStyle = `rgb(${rgb.join(",")})`;
     ctx.stroke();
   }
+}
+
+/** The class-coloured layer over the region: in review, the answer (or the consensus) chosen;
+ * else the model's proposal when it is switched on. */
+function overlayOf(t) {
+  if (t.layers) return t.layers[t.layer] || null;
+  return t.proposal && el.showProposal.checked ? { canvas: t.proposal, dark: t.proposalDark } : null;
 }
 
 /** Light diagonal "/" stripes, `view.dpr`-scaled, as a pattern for `g`. */
@@ -1073,7 +1400,20 @@ el.logout.addEventListener("click", async () => {
 el.project.addEventListener("change", () => {
   if (el.project.value) openProject(Number(el.project.value)).catch(reportError);
 });
-el.retry.addEventListener("click", () => nextTask());
+el.retry.addEventListener("click", () => next());
+el.tabAnnotate.addEventListener("click", () => switchView("annotate").catch(reportError));
+el.tabReview.addEventListener("click", () => switchView("review").catch(reportError));
+el.accept.addEventListener("click", () => Promise.resolve(accept()).catch(reportError));
+el.correct.addEventListener("click", () => correct().catch(reportError));
+el.rejectForm.addEventListener("submit", (e) => {
+  e.preventDefault(); // Enter in the reason field sends the rejection
+  Promise.resolve(reject()).catch(reportError);
+});
+el.rejectReason.addEventListener("keydown", (e) => {
+  if (e.key !== "Escape") return;
+  el.rejectReason.blur();
+  el.canvas.focus({ preventScroll: true });
+});
 el.modeRegion.addEventListener("click", () => setMode("region"));
 el.modeBrush.addEventListener("click", () => setMode("brush"));
 el.brushSize.addEventListener("input", () => setBrushSize(Number(el.brushSize.value)));
@@ -1120,23 +1460,35 @@ document.addEventListener("keydown", (e) => {
     return;
   }
   const k = e.key;
-  const actions = {
-    Enter: () => (state.lease ? submit() : nextTask()),
-    s: skip,
-    n: () => !state.lease && nextTask(),
+  const common = {
+    n: () => !state.lease && next(),
     b: () => setMode("brush"),
-    r: () => setMode("region"),
     e: toggleEraser,
     f: fillRest,
     "[": () => setBrushSize(state.brushSize - 1),
     "]": () => setBrushSize(state.brushSize + 1),
     ",": () => stepClass(-1),
     ".": () => stepClass(1),
+    o: () => toggle(el.showOutline),
+    m: () => state.canReview && switchView(state.view === "review" ? "annotate" : "review"),
+  };
+  const annotating = {
+    Enter: () => (state.lease ? submit() : nextTask()),
+    s: skip,
+    r: () => setMode("region"),
     p: () => toggle(el.showProposal),
     u: () => toggle(el.showHeat),
-    o: () => toggle(el.showOutline),
   };
-  const action = actions[k];
+  const reviewing = {
+    Enter: () => (state.lease ? correct() : nextReview()),
+    a: accept,
+    r: () => state.lease && el.rejectReason.focus(),
+    c: () => showLayer(0),
+    ArrowRight: () => showLayer((state.task?.layer ?? 0) + 1),
+    ArrowLeft: () => showLayer((state.task?.layer ?? 0) - 1),
+  };
+  if (k.startsWith("Arrow") && target instanceof HTMLInputElement) return; // the size slider
+  const action = { ...common, ...(state.view === "review" ? reviewing : annotating) }[k];
   if (!action) return;
   e.preventDefault(); // Enter on a focused button submits; it does not also press the button
   Promise.resolve(action()).catch(reportError);

@@ -22,6 +22,9 @@
 
   A decision needs the caller's own review lease; one that lapsed still counts while nobody
   else has leased the task since (as a late submit does).
+- **Lease upkeep**: :func:`heartbeat_review` extends a live review lease (a lapsed one is
+  refused: lease again); :func:`release_review` gives the task back to the review queue at
+  once (lease columns cleared, still ``disputed``), as a reviewer who leaves the page does.
 """
 
 from __future__ import annotations
@@ -149,6 +152,33 @@ def _own_review_lease(task: Task, user: User) -> None:
             f"task {task.id} is not under your review (it is {task.state}); lease one with "
             f"POST /projects/{task.project_id}/reviews/next"
         )
+
+
+def heartbeat_review(task: Task, user: User, lease_seconds: int) -> Task:
+    """Extend ``user``'s live review lease on ``task`` (locked by the caller) to
+    ``lease_seconds`` from now. A lapsed one is not revived: another reviewer may hold the
+    task by then, or may lease it at any moment (409; lease again)."""
+    auth.require_role(user, Role.reviewer)
+    _own_review_lease(task, user)
+    assert task.lease_expires_at is not None
+    now = _now()
+    if task.lease_expires_at < now:
+        raise Conflict(
+            f"your review lease on task {task.id} has expired; lease it again with "
+            f"POST /projects/{task.project_id}/reviews/next"
+        )
+    task.lease_expires_at = now + timedelta(seconds=lease_seconds)
+    return task
+
+
+def release_review(task: Task, user: User) -> Task:
+    """Give ``task`` (locked by the caller) back to the review queue: its lease columns are
+    cleared and it stays ``disputed``, leasable at once by another reviewer. A lapsed lease
+    of ``user``'s that nobody took since may be released too (the same as letting it lapse)."""
+    auth.require_role(user, Role.reviewer)
+    _own_review_lease(task, user)
+    task.leased_by, task.leased_at, task.lease_expires_at = None, None, None
+    return task
 
 
 def _write(
