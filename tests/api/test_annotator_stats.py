@@ -15,6 +15,10 @@ queue, so it has no lease-to-submit time):
 
 Percentiles are linear interpolation between closest ranks (numpy's default, PostgreSQL's
 percentile_cont): the p90 of 10, 20, 30, 40, 100 is 40 + 0.6 * (100 - 40) = 76.
+
+A second script (see "overlap" below) has two annotators answer the same tasks of an overlap-2
+project (after one answer under overlap 1, and with a rejected pair of answers): each gets
+their own answers' count, times and pixels, never the task row's last answerer's consensus.
 """
 
 from __future__ import annotations
@@ -28,11 +32,11 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from activeseg.core.services import tasks as task_service
 from activeseg.core.services.annotators import percentile
-from activeseg.core.tables import Task
+from activeseg.core.tables import Task, TaskAnswer
 from tests.api.test_metrics import scrape, value
 from tests.conftest import Stack
 from tests.utils import (
@@ -358,6 +362,259 @@ def test_the_page_and_its_files_are_served(session: Session) -> None:
         for name in ("annotators.js", "annotators.css", "annotate.css"):
             assert f"/static/{name}" in page.text
             assert c.get(f"/static/{name}").status_code == 200
+
+
+# --- overlap: each answer is its own person's ------------------------------------------------
+#
+# A second scripted project, times in seconds after T0 again. It starts with overlap 1 and
+# goes to overlap 2 (agreement threshold 0.4); six one-tile tasks t0..t5 (16x16 images),
+# leased in that order. P and Q are annotators, R a reviewer, E the engineer who made it.
+#
+# * overlap 1: P answers t0 (lease 0, submit 40; the whole tile: 256 pixels): a task row;
+# * overlap 2: P answers t1, t2, t3 (the tile's top half, class 1: 128 pixels each; leases at
+#   100, 200, 300, taking 10, 30, 60 s) and t4 (the whole tile, class 0: 256 pixels; 400,
+#   20 s), then skips t5 (lease 500, skip 505);
+# * Q answers the same t1, t2, t3 (the top quarter, class 1: 64 pixels each; leases at 1000,
+#   1100, 1200, taking 15, 45, 90 s): the second answers, so t1..t3 are submitted, and their
+#   task rows name Q with the consensus's 128 pixels (rows 0-7: agreement 64/128 = 0.5);
+#   and t4 (the whole tile, class 2: 256 pixels; 1300, 5 s): no pixel agrees, t4 is disputed;
+# * R rejects t4: both answers are rejected (they stay done work) and t4 is queued again;
+#   Q answers it again (the whole tile, class 2; lease 2000, 25 s): the first of two answers.
+#
+# P: durations 10, 20, 30, 40, 60 (median 30, p90 = 40 + 0.6 * 20 = 52), 896 pixels in
+# 160 s. Q: 5, 15, 25, 45, 90 (median 25, p90 = 45 + 0.6 * 45 = 72), 704 pixels in 180 s.
+# Counted from the task rows alone, Q would have 3 tasks of 128 pixels and P only t0.
+
+OVERLAP_TASKS = 6
+
+
+@dataclass
+class OverlapSession:
+    stack: Stack
+    pid: int
+    ids: dict[str, int]
+    clients: dict[str, httpx.Client]
+
+    def rows(self, who: str, **params: str) -> dict[str, dict[str, Any]]:
+        r = self.clients[who].get(f"/projects/{self.pid}/annotators", params=params)
+        assert r.status_code == 200, r.text
+        names = {v: k for k, v in self.ids.items()}
+        return {names[row["user_id"]]: row for row in r.json()["data"]}
+
+
+def _one_tile_task(stack: Stack, pid: int, image_id: int, priority: float) -> int:
+    with stack.db.session() as s:  # type: ignore[attr-defined]
+        task = Task(
+            project_id=pid,
+            image_id=image_id,
+            regions=[0],
+            region_key="0",
+            region_kind="grid",
+            region_size=16,
+            measure="entropy",
+            priority=priority,
+        )
+        s.add(task)
+        s.flush()
+        return task.id
+
+
+def _rows_patch(rows: range, cls: int) -> dict[str, Any]:
+    """A submit body over one 16x16 tile: the rows ``rows`` get ``cls``, the rest nothing."""
+    patch = np.full((16, 16), 255, np.uint8)
+    patch[rows.start : rows.stop] = cls
+    return {"patch_png": base64.b64encode(png_bytes(patch)).decode()}
+
+
+def _answer(
+    stack: Stack,
+    c: httpx.Client,
+    pid: int,
+    task_id: int,
+    user_id: int,
+    body: dict[str, Any],
+    leased: float,
+    submitted: float,
+) -> dict[str, Any]:
+    """Lease (it must be ``task_id``), submit ``body``, and date the answer: its task_answers
+    row (the user's newest for the task) and, when it finished the task, the task row."""
+    r = c.post(f"/projects/{pid}/tasks/next")
+    assert r.status_code == 200, r.text
+    assert r.json()["task"]["id"] == task_id
+    r = c.post(f"/tasks/{task_id}/submit", json=body)
+    assert r.status_code == 201, r.text
+    task = r.json()["task"]
+    with stack.db.session() as s:  # type: ignore[attr-defined]
+        newest = s.scalar(
+            select(func.max(TaskAnswer.id)).where(
+                TaskAnswer.task_id == task_id, TaskAnswer.user_id == user_id
+            )
+        )
+        if newest is None:  # overlap 1: the answer is the task row
+            s.execute(
+                update(Task)
+                .where(Task.id == task_id)
+                .values(leased_at=at(leased), submitted_at=at(submitted))
+            )
+        else:
+            s.execute(
+                update(TaskAnswer)
+                .where(TaskAnswer.id == newest)
+                .values(leased_at=at(leased), submitted_at=at(submitted))
+            )
+            if task["state"] != "queued":  # the k-th answer: the task row repeats its time
+                s.execute(update(Task).where(Task.id == task_id).values(submitted_at=at(submitted)))
+    return task  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def overlapping(stack: Stack) -> Iterator[OverlapSession]:
+    with stack.client(stack.admin_token) as admin:
+        ids, tokens = {}, {}
+        for who, role in [("E", "engineer"), ("P", "annotator"), ("Q", "annotator")] + [
+            ("R", "reviewer")
+        ]:
+            ids[who], tokens[who] = make_user(admin, role)
+    clients = {who: stack.client(token) for who, token in tokens.items()}
+    eng, p, q = clients["E"], clients["P"], clients["Q"]
+    pid = grid_project(eng, lease_seconds=3600, agreement_threshold=0.4)["id"]
+    for who in ("P", "Q", "R"):
+        r = eng.post(f"/projects/{pid}/members", json={"user_id": ids[who]})
+        assert r.status_code == 204, r.text
+    files = [(f"ov{i}.png", image_bytes(16, 16, seed=8200 + i)) for i in range(OVERLAP_TASKS)]
+    r = upload(eng, pid, *files)
+    assert r.status_code == 201, r.text
+    images = [row["image"]["id"] for row in r.json()["data"]]
+    t = [_one_tile_task(stack, pid, image, 10.0 - i) for i, image in enumerate(images)]
+
+    whole = {"classes": {"0": 1}}
+    _answer(stack, p, pid, t[0], ids["P"], whole, 0, 40)
+    r = eng.patch(f"/projects/{pid}", json={"settings": {"overlap": 2}})
+    assert r.status_code == 200, r.text
+    for task_id, leased, seconds in [(t[1], 100, 10), (t[2], 200, 30), (t[3], 300, 60)]:
+        done = _answer(
+            stack, p, pid, task_id, ids["P"], _rows_patch(range(0, 8), 1), leased, leased + seconds
+        )
+        assert (done["state"], done["answers"]) == ("queued", 1)
+    _answer(stack, p, pid, t[4], ids["P"], {"classes": {"0": 0}}, 400, 420)
+    r = p.post(f"/projects/{pid}/tasks/next")
+    assert r.status_code == 200 and r.json()["task"]["id"] == t[5], r.text
+    assert p.post(f"/tasks/{t[5]}/skip", json={"reason": "unclear"}).status_code == 200
+    with stack.db.session() as s:  # type: ignore[attr-defined]
+        s.execute(
+            update(Task).where(Task.id == t[5]).values(leased_at=at(500), submitted_at=at(505))
+        )
+
+    for task_id, leased, seconds in [(t[1], 1000, 15), (t[2], 1100, 45), (t[3], 1200, 90)]:
+        done = _answer(
+            stack, q, pid, task_id, ids["Q"], _rows_patch(range(0, 4), 1), leased, leased + seconds
+        )
+        assert done["state"] == "submitted"
+    done = _answer(stack, q, pid, t[4], ids["Q"], {"classes": {"0": 2}}, 1300, 1305)
+    assert done["state"] == "disputed"
+    with stack.db.session() as s:  # type: ignore[attr-defined]
+        # What the task rows say: Q answered t1..t3 (and t4), with the consensus's pixels.
+        last = s.execute(
+            select(Task.submitted_by, Task.answered_pixels).where(Task.id.in_(t[1:4]))
+        ).all()
+        assert last == [(ids["Q"], 128)] * 3
+
+    reviewer = clients["R"]
+    r = reviewer.post(f"/projects/{pid}/reviews/next")
+    assert r.status_code == 200 and r.json()["task"]["id"] == t[4], r.text
+    r = reviewer.post(f"/tasks/{t[4]}/review", json={"decision": "reject", "reason": "unsure"})
+    assert r.status_code == 200, r.text
+    done = _answer(stack, q, pid, t[4], ids["Q"], {"classes": {"0": 2}}, 2000, 2025)
+    assert (done["state"], done["answers"]) == ("queued", 1)
+    yield OverlapSession(stack, pid, ids, clients)
+    for c in clients.values():
+        c.close()
+
+
+P_ALL = {
+    "tasks_submitted": 5,  # t0 (a task row), t1..t4 (task_answers rows, t4's rejected)
+    "tasks_skipped": 1,
+    "skip_rate": 0.167,
+    "timed_tasks": 5,
+    "median_seconds": 30.0,
+    "p90_seconds": 52.0,
+    "labelled_pixels": TILE + 3 * (TILE // 2) + TILE,  # 896
+    "labels_per_hour": 896 * 3600 / 160,  # 20160.0
+    "tasks_per_hour": 5 * 3600 / 160,  # 112.5
+    "first_activity": iso(0),
+    "last_activity": iso(505),  # the skip
+    "consensus_agreement": 0.75,  # 1.0 on t1..t3, 0.0 on t4
+    "reviewer_agreement": 0.0,
+    "rejections": 1,
+}
+Q_ALL = {
+    "tasks_submitted": 5,  # t1..t3, t4 rejected, t4 again
+    "tasks_skipped": 0,
+    "skip_rate": 0.0,
+    "timed_tasks": 5,
+    "median_seconds": 25.0,
+    "p90_seconds": 72.0,
+    "labelled_pixels": 3 * (TILE // 4) + 2 * TILE,  # 704: never the consensus's 128
+    "labels_per_hour": 704 * 3600 / 180,  # 14080.0
+    "tasks_per_hour": 100.0,
+    "first_activity": iso(1000),
+    "last_activity": iso(2025),
+    "consensus_agreement": 0.75,  # 1.0 on t1..t3, 0.0 on the rejected t4, none yet on t4
+    "reviewer_agreement": 0.0,
+    "rejections": 1,
+}
+
+
+def test_under_overlap_each_person_counts_their_own_answers(overlapping: OverlapSession) -> None:
+    rows = overlapping.rows("E")
+    assert set(rows) == {"E", "P", "Q", "R"}
+    check(rows["P"], P_ALL)
+    check(rows["Q"], Q_ALL)
+    # The reviewer answered nothing; their review lease ended with the decision.
+    check(rows["R"], {**NOTHING, "rejections": None})
+    assert np.percentile([10, 20, 30, 40, 60], [50, 90]).tolist() == [30.0, 52.0]
+    assert np.percentile([5, 15, 25, 45, 90], [50, 90]).tolist() == [25.0, 72.0]
+    # Each sees their own row, the same; a reviewer sees only theirs, as an annotator does.
+    assert overlapping.rows("P") == {"P": rows["P"]}
+    assert overlapping.rows("Q") == {"Q": rows["Q"]}
+    assert overlapping.rows("R") == {"R": rows["R"]}
+
+
+def test_under_overlap_a_period_takes_each_answer_by_its_own_times(
+    overlapping: OverlapSession,
+) -> None:
+    """[200, 1200): P's answers at 230, 360, 420 (leases 200, 300, 400) and the skip at 505
+    (lease 500); Q's at 1015 and 1145 (leases 1000, 1100); t0 (40) and Q's lease at 1200 fall
+    outside."""
+    rows = overlapping.rows("E", since=iso(200), until=iso(1200))
+    check(
+        rows["P"],
+        {
+            "tasks_submitted": 3,
+            "tasks_skipped": 1,
+            "timed_tasks": 3,
+            "median_seconds": 30.0,
+            "p90_seconds": 54.0,  # 30 + 0.8 * 30
+            "labelled_pixels": 2 * (TILE // 2) + TILE,
+            "tasks_per_hour": 98.182,  # 3 tasks in 110 s
+            "first_activity": iso(200),
+            "last_activity": iso(505),
+        },
+    )
+    check(
+        rows["Q"],
+        {
+            "tasks_submitted": 2,
+            "tasks_skipped": 0,
+            "timed_tasks": 2,
+            "median_seconds": 30.0,
+            "p90_seconds": 42.0,  # 15 + 0.9 * 30
+            "labelled_pixels": 2 * (TILE // 4),
+            "labels_per_hour": 2 * (TILE // 4) * 3600 / 60,
+            "first_activity": iso(1000),
+            "last_activity": iso(1145),
+        },
+    )
 
 
 browser = pytest.fixture(scope="module")(chromium_browser)

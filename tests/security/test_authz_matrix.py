@@ -47,12 +47,13 @@ from tests.utils import (
     upload,
 )
 
-# The callers: five that must get 401, then members of the project, an admin (no membership
-# needed), and an annotator and an engineer who are members of another project only.
+# The callers: five that must get 401, then members of the project (an annotator, a reviewer,
+# an engineer), an admin (no membership needed), and an annotator and an engineer who are
+# members of another project only.
 REFUSED = ("anonymous", "malformed", "unknown", "expired", "revoked")
-ALLOWED = ("annotator", "engineer", "admin", "other_annotator", "other_engineer")
+ALLOWED = ("annotator", "reviewer", "engineer", "admin", "other_annotator", "other_engineer")
 PRINCIPALS = REFUSED + ALLOWED
-MAY_LEASE = ("annotator", "engineer", "admin")
+MAY_LEASE = ("annotator", "reviewer", "engineer", "admin")
 
 # Routes open without a token, and why.
 EXEMPT = {
@@ -71,104 +72,125 @@ EXEMPT = {
 # Studio's own webhook sends no header). test_keyed_routes_need_their_projects_key covers them.
 KEYED = "/ls/{project_id}/k/{key}"
 
-# Expected status per route for (annotator, engineer, admin, other_annotator, other_engineer);
-# the five REFUSED callers get 401 everywhere. Members of the project are the annotator and
-# the engineer; the admin is not a member.
-R = tuple[int, int, int, int, int]
+# Expected status per route for (annotator, reviewer, engineer, admin, other_annotator,
+# other_engineer); the five REFUSED callers get 401 everywhere. Members of the project are the
+# annotator, the reviewer and the engineer; the admin is not a member. A reviewer may do what
+# an annotator may, and the review routes (REVIEW_ROUTES): its column is the annotator's
+# elsewhere (test_a_reviewer_is_an_annotator_who_may_review).
+R = tuple[int, int, int, int, int, int]
 MATRIX: dict[tuple[str, str], R] = {
     # users and tokens: not project-scoped
-    ("GET", "/users/me"): (200, 200, 200, 200, 200),
-    ("POST", "/users"): (403, 403, 201, 403, 403),
-    ("GET", "/users"): (403, 403, 200, 403, 403),
-    ("POST", "/tokens"): (201, 201, 201, 201, 201),
-    ("GET", "/tokens"): (200, 200, 200, 200, 200),
+    ("GET", "/users/me"): (200, 200, 200, 200, 200, 200),
+    ("POST", "/users"): (403, 403, 403, 201, 403, 403),
+    ("GET", "/users"): (403, 403, 403, 200, 403, 403),
+    ("POST", "/tokens"): (201, 201, 201, 201, 201, 201),
+    ("GET", "/tokens"): (200, 200, 200, 200, 200, 200),
     # a token of the engineer member: its owner and admins may revoke it, nobody else sees it
-    ("DELETE", "/tokens/{token_id}"): (404, 200, 200, 404, 404),
+    ("DELETE", "/tokens/{token_id}"): (404, 404, 200, 200, 404, 404),
     # projects
-    ("POST", "/projects"): (403, 201, 201, 403, 201),
-    ("GET", "/projects"): (200, 200, 200, 200, 200),
-    ("GET", "/projects/{project_id}"): (200, 200, 200, 404, 404),
-    ("PATCH", "/projects/{project_id}"): (403, 200, 200, 403, 404),
-    ("POST", "/projects/{project_id}/members"): (403, 204, 204, 403, 404),
+    ("POST", "/projects"): (403, 403, 201, 201, 403, 201),
+    ("GET", "/projects"): (200, 200, 200, 200, 200, 200),
+    ("GET", "/projects/{project_id}"): (200, 200, 200, 200, 404, 404),
+    ("PATCH", "/projects/{project_id}"): (403, 403, 200, 200, 403, 404),
+    ("POST", "/projects/{project_id}/members"): (403, 403, 204, 204, 403, 404),
     # images and masks
-    ("POST", "/projects/{project_id}/images"): (403, 201, 201, 403, 404),
-    ("GET", "/projects/{project_id}/images"): (200, 200, 200, 404, 404),
-    ("GET", "/images/{image_id}"): (200, 200, 200, 404, 404),
-    ("PATCH", "/images/{image_id}"): (403, 200, 200, 403, 404),
-    ("DELETE", "/images/{image_id}"): (403, 204, 204, 403, 404),
-    ("GET", "/images/{image_id}/file"): (200, 200, 200, 404, 404),
-    ("PUT", "/images/{image_id}/mask"): (403, 201, 201, 403, 404),
-    ("GET", "/images/{image_id}/mask"): (200, 200, 200, 404, 404),
-    ("GET", "/images/{image_id}/revisions"): (200, 200, 200, 404, 404),
-    ("GET", "/annotate/images/{image_id}.png"): (200, 200, 200, 404, 404),
+    ("POST", "/projects/{project_id}/images"): (403, 403, 201, 201, 403, 404),
+    ("GET", "/projects/{project_id}/images"): (200, 200, 200, 200, 404, 404),
+    ("GET", "/images/{image_id}"): (200, 200, 200, 200, 404, 404),
+    ("PATCH", "/images/{image_id}"): (403, 403, 200, 200, 403, 404),
+    ("DELETE", "/images/{image_id}"): (403, 403, 204, 204, 403, 404),
+    ("GET", "/images/{image_id}/file"): (200, 200, 200, 200, 404, 404),
+    ("PUT", "/images/{image_id}/mask"): (403, 403, 201, 201, 403, 404),
+    ("GET", "/images/{image_id}/mask"): (200, 200, 200, 200, 404, 404),
+    ("GET", "/images/{image_id}/revisions"): (200, 200, 200, 200, 404, 404),
+    ("GET", "/annotate/images/{image_id}.png"): (200, 200, 200, 200, 404, 404),
     # jobs
-    ("POST", "/projects/{project_id}/verify"): (403, 202, 202, 403, 404),
-    ("GET", "/projects/{project_id}/jobs"): (200, 200, 200, 404, 404),
-    ("GET", "/jobs/{job_id}"): (200, 200, 200, 404, 404),
-    ("POST", "/jobs/{job_id}/retry"): (403, 200, 200, 403, 404),
+    ("POST", "/projects/{project_id}/verify"): (403, 403, 202, 202, 403, 404),
+    ("GET", "/projects/{project_id}/jobs"): (200, 200, 200, 200, 404, 404),
+    ("GET", "/jobs/{job_id}"): (200, 200, 200, 200, 404, 404),
+    ("POST", "/jobs/{job_id}/retry"): (403, 403, 200, 200, 403, 404),
     # the active-learning loop
-    ("POST", "/projects/{project_id}/retrain"): (403, 202, 202, 403, 404),
-    ("POST", "/projects/{project_id}/score"): (403, 202, 202, 403, 404),
-    ("POST", "/projects/{project_id}/rounds"): (403, 202, 202, 403, 404),
-    ("GET", "/projects/{project_id}/rounds"): (200, 200, 200, 404, 404),
-    ("GET", "/projects/{project_id}/models"): (200, 200, 200, 404, 404),
-    ("GET", "/models/{model_id}"): (200, 200, 200, 404, 404),
-    ("POST", "/models/{model_id}/activate"): (403, 200, 200, 403, 404),
-    ("GET", "/images/{image_id}/uncertainty.png"): (200, 200, 200, 404, 404),
-    ("GET", "/images/{image_id}/prediction.png"): (200, 200, 200, 404, 404),
+    ("POST", "/projects/{project_id}/retrain"): (403, 403, 202, 202, 403, 404),
+    ("POST", "/projects/{project_id}/score"): (403, 403, 202, 202, 403, 404),
+    ("POST", "/projects/{project_id}/rounds"): (403, 403, 202, 202, 403, 404),
+    ("GET", "/projects/{project_id}/rounds"): (200, 200, 200, 200, 404, 404),
+    ("GET", "/projects/{project_id}/models"): (200, 200, 200, 200, 404, 404),
+    ("GET", "/models/{model_id}"): (200, 200, 200, 200, 404, 404),
+    ("POST", "/models/{model_id}/activate"): (403, 403, 200, 200, 403, 404),
+    ("GET", "/images/{image_id}/uncertainty.png"): (200, 200, 200, 200, 404, 404),
+    ("GET", "/images/{image_id}/prediction.png"): (200, 200, 200, 200, 404, 404),
     # annotation: any member leases; only the lease holder acts on a task
-    ("POST", "/projects/{project_id}/tasks/next"): (200, 200, 200, 404, 404),
-    ("GET", "/projects/{project_id}/queue"): (200, 200, 200, 404, 404),
-    # per-annotator statistics: members see them (an annotator only their own row)
-    ("GET", "/projects/{project_id}/annotators"): (200, 200, 200, 404, 404),
-    ("GET", "/projects/{project_id}/agreement"): (200, 200, 200, 404, 404),
-    ("GET", "/tasks/{task_id}"): (200, 200, 200, 404, 404),
-    ("POST", "/tasks/{task_id}/heartbeat"): (200, 200, 200, 404, 404),
-    ("POST", "/tasks/{task_id}/release"): (200, 200, 200, 404, 404),
-    ("POST", "/tasks/{task_id}/skip"): (200, 200, 200, 404, 404),
-    ("POST", "/tasks/{task_id}/submit"): (201, 201, 201, 404, 404),
+    ("POST", "/projects/{project_id}/tasks/next"): (200, 200, 200, 200, 404, 404),
+    ("GET", "/projects/{project_id}/queue"): (200, 200, 200, 200, 404, 404),
+    # per-annotator statistics: members see them (an annotator or a reviewer only their own
+    # row)
+    ("GET", "/projects/{project_id}/annotators"): (200, 200, 200, 200, 404, 404),
+    ("GET", "/projects/{project_id}/agreement"): (200, 200, 200, 200, 404, 404),
+    ("GET", "/tasks/{task_id}"): (200, 200, 200, 200, 404, 404),
+    ("POST", "/tasks/{task_id}/heartbeat"): (200, 200, 200, 200, 404, 404),
+    ("POST", "/tasks/{task_id}/release"): (200, 200, 200, 200, 404, 404),
+    ("POST", "/tasks/{task_id}/skip"): (200, 200, 200, 200, 404, 404),
+    ("POST", "/tasks/{task_id}/submit"): (201, 201, 201, 201, 404, 404),
     # the review stage: reviewers, engineers and admins (the role before the project); the
-    # project has no disputed task (204), and the task of the decision is the admin's plain
-    # lease, under nobody's review (409)
-    ("POST", "/projects/{project_id}/reviews/next"): (403, 204, 204, 403, 404),
-    ("POST", "/tasks/{task_id}/review"): (403, 409, 409, 403, 404),
-    ("GET", "/users/me/rejections"): (200, 200, 200, 200, 200),
+    # project has no disputed task (204), and the task of the decision (and of the review
+    # lease's heartbeat and release) is the admin's plain lease, under nobody's review (409)
+    ("POST", "/projects/{project_id}/reviews/next"): (403, 204, 204, 204, 403, 404),
+    ("POST", "/tasks/{task_id}/review"): (403, 409, 409, 409, 403, 404),
+    ("POST", "/tasks/{task_id}/review/heartbeat"): (403, 409, 409, 409, 403, 404),
+    ("POST", "/tasks/{task_id}/review/release"): (403, 409, 409, 409, 403, 404),
+    ("GET", "/users/me/rejections"): (200, 200, 200, 200, 200, 200),
     # reports
-    ("GET", "/models/{model_id}/report"): (200, 200, 200, 404, 404),
-    ("POST", "/models/{model_id}/report"): (403, 202, 202, 403, 404),
-    ("GET", "/models/{model_id}/report.html"): (200, 200, 200, 404, 404),
-    ("GET", "/models/{model_id}/plots/{name}.png"): (200, 200, 200, 404, 404),
-    ("POST", "/projects/{project_id}/baseline"): (403, 202, 202, 403, 404),
-    ("GET", "/projects/{project_id}/baseline"): (200, 200, 200, 404, 404),
+    ("GET", "/models/{model_id}/report"): (200, 200, 200, 200, 404, 404),
+    ("POST", "/models/{model_id}/report"): (403, 403, 202, 202, 403, 404),
+    ("GET", "/models/{model_id}/report.html"): (200, 200, 200, 200, 404, 404),
+    ("GET", "/models/{model_id}/plots/{name}.png"): (200, 200, 200, 200, 404, 404),
+    ("POST", "/projects/{project_id}/baseline"): (403, 403, 202, 202, 403, 404),
+    ("GET", "/projects/{project_id}/baseline"): (200, 200, 200, 200, 404, 404),
     # export and import
-    ("GET", "/projects/{project_id}/export"): (200, 200, 200, 404, 404),
-    ("POST", "/projects/{project_id}/import"): (403, 200, 200, 403, 404),
+    ("GET", "/projects/{project_id}/export"): (200, 200, 200, 200, 404, 404),
+    ("POST", "/projects/{project_id}/import"): (403, 403, 200, 200, 403, 404),
     # outgoing webhooks: engineers only
-    ("POST", "/projects/{project_id}/webhooks"): (403, 201, 201, 403, 404),
-    ("GET", "/projects/{project_id}/webhooks"): (403, 200, 200, 403, 404),
-    ("GET", "/projects/{project_id}/webhooks/{webhook_id}"): (403, 200, 200, 403, 404),
-    ("DELETE", "/projects/{project_id}/webhooks/{webhook_id}"): (403, 204, 204, 403, 404),
-    ("GET", "/projects/{project_id}/webhooks/{webhook_id}/deliveries"): (403, 200, 200, 403, 404),
-    ("POST", "/projects/{project_id}/webhooks/{webhook_id}/ping"): (403, 202, 202, 403, 404),
+    ("POST", "/projects/{project_id}/webhooks"): (403, 403, 201, 201, 403, 404),
+    ("GET", "/projects/{project_id}/webhooks"): (403, 403, 200, 200, 403, 404),
+    ("GET", "/projects/{project_id}/webhooks/{webhook_id}"): (403, 403, 200, 200, 403, 404),
+    ("DELETE", "/projects/{project_id}/webhooks/{webhook_id}"): (403, 403, 204, 204, 403, 404),
+    ("GET", "/projects/{project_id}/webhooks/{webhook_id}/deliveries"): (
+        403,
+        403,
+        200,
+        200,
+        403,
+        404,
+    ),
+    ("POST", "/projects/{project_id}/webhooks/{webhook_id}/ping"): (403, 403, 202, 202, 403, 404),
     # Label Studio ML backend: members; START_TRAINING needs an engineer (checked after the
     # project, so outsiders still get 404)
-    ("GET", "/ls/{project_id}"): (200, 200, 200, 404, 404),
-    ("GET", "/ls/{project_id}/"): (200, 200, 200, 404, 404),
-    ("GET", "/ls/{project_id}/health"): (200, 200, 200, 404, 404),
-    ("POST", "/ls/{project_id}/setup"): (200, 200, 200, 404, 404),
-    ("POST", "/ls/{project_id}/predict"): (200, 200, 200, 404, 404),
-    ("POST", "/ls/{project_id}/webhook"): (403, 201, 201, 404, 404),
-    ("GET", "/ls/{project_id}/label_config"): (200, 200, 200, 404, 404),
-    ("GET", "/ls/{project_id}/versions"): (200, 200, 200, 404, 404),
+    ("GET", "/ls/{project_id}"): (200, 200, 200, 200, 404, 404),
+    ("GET", "/ls/{project_id}/"): (200, 200, 200, 200, 404, 404),
+    ("GET", "/ls/{project_id}/health"): (200, 200, 200, 200, 404, 404),
+    ("POST", "/ls/{project_id}/setup"): (200, 200, 200, 200, 404, 404),
+    ("POST", "/ls/{project_id}/predict"): (200, 200, 200, 200, 404, 404),
+    ("POST", "/ls/{project_id}/webhook"): (403, 403, 201, 201, 404, 404),
+    ("GET", "/ls/{project_id}/label_config"): (200, 200, 200, 200, 404, 404),
+    ("GET", "/ls/{project_id}/versions"): (200, 200, 200, 200, 404, 404),
     # the ML-backend URL's keys: engineers of the project
-    ("POST", "/projects/{project_id}/label-studio/keys"): (403, 201, 201, 403, 404),
-    ("GET", "/projects/{project_id}/label-studio/keys"): (403, 200, 200, 403, 404),
-    ("DELETE", "/projects/{project_id}/label-studio/keys/{key_id}"): (403, 200, 200, 403, 404),
+    ("POST", "/projects/{project_id}/label-studio/keys"): (403, 403, 201, 201, 403, 404),
+    ("GET", "/projects/{project_id}/label-studio/keys"): (403, 403, 200, 200, 403, 404),
+    ("DELETE", "/projects/{project_id}/label-studio/keys/{key_id}"): (403, 403, 200, 200, 403, 404),
     # signed links: whoever may read the resource gets a link to it; keys are for admins
-    ("POST", "/links"): (200, 200, 200, 404, 404),
-    ("GET", "/admin/link-keys"): (403, 403, 200, 403, 403),
-    ("POST", "/admin/link-keys/rotate"): (403, 403, 201, 403, 403),
-    ("DELETE", "/admin/link-keys/{key_id}"): (403, 403, 200, 403, 403),
+    ("POST", "/links"): (200, 200, 200, 200, 404, 404),
+    ("GET", "/admin/link-keys"): (403, 403, 403, 200, 403, 403),
+    ("POST", "/admin/link-keys/rotate"): (403, 403, 403, 201, 403, 403),
+    ("DELETE", "/admin/link-keys/{key_id}"): (403, 403, 403, 200, 403, 403),
+}
+
+# What a reviewer may do beyond an annotator (auth.has_role ranks reviewer above annotator and
+# below engineer): the review stage's routes, which need the reviewer role (403 below it).
+REVIEW_ROUTES = {
+    ("POST", "/projects/{project_id}/reviews/next"),
+    ("POST", "/tasks/{task_id}/review"),
+    ("POST", "/tasks/{task_id}/review/heartbeat"),
+    ("POST", "/tasks/{task_id}/review/release"),
 }
 
 BASELINE_CSV = (
@@ -243,6 +265,7 @@ def world(stack: Stack) -> Iterator[World]:
 
     with stack.client(stack.admin_token) as admin:
         ann_id, ann = make_user(admin, "annotator")
+        rev_id, rev = make_user(admin, "reviewer")
         eng_id, eng = make_user(admin, "engineer")
         o_ann_id, o_ann = make_user(admin, "annotator")
         o_eng_id, o_eng = make_user(admin, "engineer")
@@ -272,7 +295,9 @@ def world(stack: Stack) -> Iterator[World]:
             model={"method": "single", "steps": 1, "base_channels": 4},
         )
         pid = project["id"]
-        assert c.post(f"/projects/{pid}/members", json={"user_id": ann_id}).status_code == 204
+        for member in (ann_id, rev_id):
+            r = c.post(f"/projects/{pid}/members", json={"user_id": member})
+            assert r.status_code == 204, r.text
         files = [(f"w{i}.png", image_bytes(32, 32, seed=7000 + i, rgb=False)) for i in range(3)]
         r = upload(c, pid, *files)
         assert r.status_code == 201, r.text
@@ -314,6 +339,7 @@ def world(stack: Stack) -> Iterator[World]:
         "expired": _bearer(expired),
         "revoked": _bearer(revoked),
         "annotator": _bearer(ann),
+        "reviewer": _bearer(rev),
         "engineer": _bearer(eng),
         "admin": _bearer(stack.admin_token),
         "other_annotator": _bearer(o_ann),
@@ -332,13 +358,14 @@ def world(stack: Stack) -> Iterator[World]:
         headers=headers,
         user_ids={
             "annotator": ann_id,
+            "reviewer": rev_id,
             "engineer": eng_id,
             "admin": admin_id,
             "revoked": revoked_admin_id,
             "expired": expired_admin_id,
         },
         bystander_id=bystander_id,
-        raw_tokens=[ann, eng, o_ann, o_eng, revoked, expired, stack.admin_token],
+        raw_tokens=[ann, rev, eng, o_ann, o_eng, revoked, expired, stack.admin_token],
     )
     yield w
     for c in w.clients.values():
@@ -469,6 +496,8 @@ CALLS: dict[tuple[str, str], Callable[[World, str], Call]] = {
     ("POST", "/tasks/{task_id}/review"): lambda w, who: Call(
         {"task_id": w.held_task_id}, {"json": {"decision": "accept"}}
     ),
+    ("POST", "/tasks/{task_id}/review/heartbeat"): lambda w, who: Call({"task_id": w.held_task_id}),
+    ("POST", "/tasks/{task_id}/review/release"): lambda w, who: Call({"task_id": w.held_task_id}),
     ("POST", "/models/{model_id}/report"): _json({}),
     ("POST", "/projects/{project_id}/baseline"): lambda w, who: Call(
         kwargs={"files": {"file": ("curve.csv", BASELINE_CSV)}}
@@ -505,7 +534,8 @@ def expected(key: tuple[str, str], who: str) -> int:
 
 def cells() -> list[tuple[tuple[str, str], str]]:
     """Every (route, caller); refused and outside callers first, destructive routes last."""
-    order = REFUSED + ("other_annotator", "other_engineer", "annotator", "engineer", "admin")
+    order = REFUSED + ("other_annotator", "other_engineer", "annotator", "reviewer")
+    order += ("engineer", "admin")
     keys = sorted(MATRIX, key=lambda k: k[0] == "DELETE")
     return [(key, who) for key in keys for who in order]
 
@@ -555,6 +585,18 @@ def test_every_route_has_a_row_or_a_reasoned_exemption(stack: Stack) -> None:
     assert guarded - set(MATRIX) == set(), "routes without a row in MATRIX: decide who may call"
     assert set(MATRIX) - guarded == set(), "rows in MATRIX for routes the app does not serve"
     assert set(CALLS) - set(MATRIX) == set(), "CALLS names a route that has no row"
+    short = [key for key, row in MATRIX.items() if len(row) != len(ALLOWED)]
+    assert short == [], f"rows without one status per caller {ALLOWED}"
+
+
+def test_a_reviewer_is_an_annotator_who_may_review() -> None:
+    """The reviewer column is the annotator's, except on the review routes: there the annotator
+    is refused for the role (403) and the reviewer, a member, gets what the engineer gets."""
+    ann, rev, eng = (ALLOWED.index(who) for who in ("annotator", "reviewer", "engineer"))
+    differ = {key for key, row in MATRIX.items() if row[rev] != row[ann]}
+    assert differ == REVIEW_ROUTES
+    for key in REVIEW_ROUTES:
+        assert MATRIX[key][ann] == 403 and MATRIX[key][rev] == MATRIX[key][eng] != 403, key
 
 
 def test_exempt_routes_answer_without_a_token(stack: Stack) -> None:

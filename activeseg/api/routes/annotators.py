@@ -1,8 +1,9 @@
 """Per-annotator statistics of a project, and the web page that shows them.
 
-Who sees what: engineers and admins of the project see every row; an annotator sees their
-own row only (the other rows are not returned at all); a caller who is not a member gets 404,
-as on every project route. How each figure is counted: :mod:`activeseg.core.services.annotators`.
+Who sees what: engineers and admins of the project see every row; an annotator or a reviewer
+sees their own row only (the other rows are not returned at all); a caller who is not a member
+gets 404, as on every project route. How each figure is counted, and how overlapping answers
+(``overlap > 1``) are each their own person's: :mod:`activeseg.core.services.annotators`.
 """
 
 from __future__ import annotations
@@ -29,28 +30,33 @@ class AnnotatorStatsPublic(BaseModel):
     user_id: int
     name: str
     role: str
-    tasks_submitted: int = Field(description="tasks answered with a label in the period")
+    tasks_submitted: int = Field(
+        description="answers given with a label in the period; with overlap > 1 each person's "
+        "own answers, those a reviewer rejected included"
+    )
     tasks_skipped: int = Field(description="tasks skipped in the period")
     skip_rate: float | None = Field(
         description="skipped / (submitted + skipped); null without either"
     )
     timed_tasks: int = Field(
-        description="submitted tasks with a known lease-to-submit time (a late submit after "
-        "the lease went back to the queue has none)"
+        description="submitted answers with a known lease-to-submit time (a late submit "
+        "after the lease went back to the queue has none)"
     )
     median_seconds: float | None = Field(
-        description="median lease-to-submit seconds of the timed tasks"
+        description="median lease-to-submit seconds of the timed answers"
     )
     p90_seconds: float | None = Field(
         description="90th percentile of the same (linear interpolation, as numpy's default "
         "and PostgreSQL's percentile_cont)"
     )
-    labelled_pixels: int = Field(description="pixels labelled by the submitted tasks")
+    labelled_pixels: int = Field(
+        description="pixels labelled by the person's submitted answers (never a consensus's)"
+    )
     labels_per_hour: float | None = Field(
-        description="labelled pixels of the timed tasks per hour of their lease-to-submit time"
+        description="labelled pixels of the timed answers per hour of their lease-to-submit time"
     )
     tasks_per_hour: float | None = Field(
-        description="timed tasks per hour of their lease-to-submit time"
+        description="timed answers per hour of their lease-to-submit time"
     )
     first_activity: datetime | None = Field(
         description="earliest lease started or answer given in the period"
@@ -97,9 +103,10 @@ def annotator_stats(
     ] = None,
 ) -> AnnotatorsPublic:
     """Per annotator: tasks submitted and skipped, skip rate, lease-to-submit seconds (median,
-    p90), labelled pixels and tasks per hour, first and last activity. Engineers and admins
-    get one row per member and per user who leased or answered tasks of the project; an
-    annotator gets only their own row (other rows are not returned)."""
+    p90), labelled pixels and tasks per hour, first and last activity; with overlap > 1 each
+    of a task's answers counts for the person who gave it. Engineers and admins get one row per
+    member and per user who leased or answered tasks of the project; an annotator or a reviewer
+    gets only their own row (other rows are not returned)."""
     with db.read_session() as s:
         project = auth.get_project_for(s, user, project_id)
         rows = annotators.annotator_stats(s, project, user, since, until)
