@@ -3,34 +3,31 @@
 Usage: python benchmarks/sqlite_write_lock.py [--regions 35000] [--quick] [--baseline-s 2]
 
 SQLite has one write lock, and :meth:`activeseg.core.db.Database.session` takes it up front
-(``BEGIN IMMEDIATE``). A scoring job writes one ``region_scores`` row per (measure, region):
-a 36-Mpx image of ~35,000 superpixels and 5 measures is 175,000 rows. Written in one
-transaction, that holds the lock for seconds, and every annotator's request that writes (a
-lease, a submit) waits behind it. The shipped path,
-:func:`activeseg.jobs.score_pool.write_image_scores`, writes ``SCORE_ROWS_PER_TRANSACTION``
-rows per transaction and then leaves the lock free for as long as it held it. This script
-shows what that buys, and why those rows go in as tuples through the driver's executemany.
+(``BEGIN IMMEDIATE``). Before issue 17 a scoring job wrote one ``region_scores`` row per
+(measure, region): a 36-Mpx image of ~35,000 superpixels and 5 measures was 175,000 rows,
+written 1,000 rows per transaction with a pause as long between them, because one
+transaction held the lock for seconds. Since issue 17 the job writes one
+``image_region_scores`` row per image (every measure's scores in one float32 array) and one
+``image_scores`` row (:func:`activeseg.jobs.score_pool._write`). This script shows what
+each costs the other writer.
 
 In one process, on a throw-away data dir (schema by ``activeseg.core.migrate.upgrade``, with
 a real user, project, images and model version made through the ORM, so foreign keys stay
-on as in production):
+on as in production; the old design's table is made by this script, ``old_region_scores``,
+with the old columns, unique constraint and index):
 
 1. a background thread commits a one-row ``UPDATE users`` every 10 ms and records each
    transaction's latency: the "other writer";
 2. for each variant, the thread runs alone for a baseline window, then the job writes the
    scores of one image (R regions x 5 measures) while the thread keeps going; each variant
    writes a fresh image ("first write"), then the same image again ("rewrite": a redelivered
-   job deletes the earlier rows first). Variants: the shipped code as it ships; the shipped
-   code with ``SCORE_ROWS_PER_TRANSACTION`` set to all rows (restored after), which still
-   writes one transaction per measure, as the shipped code never spans two; and one
-   transaction for the whole image (delete and insert, driver executemany), as before the
-   writes were chunked;
-3. with the thread stopped, 5,000 rows inserted as ORM ``insert(RegionScore)`` of dicts
-   against driver executemany of tuples, best of 3 each.
+   job replaces the earlier rows). Variants: the shipped code (two rows); the old design's
+   chunked writes (1,000 rows per transaction, driver executemany, a pause as long as each
+   transaction after it); the old rows in one transaction per image.
 
 Output: markdown on stdout. Latencies are wall-clock and include the thread's own scheduling,
 so a loaded machine raises the baseline too: compare rows with the baseline of the same run.
-"Job write s" is the job's wall time, including the shipped path's pauses between chunks.
+"Job write s" is the job's wall time, including the pauses between chunks.
 """
 
 from __future__ import annotations
@@ -42,26 +39,38 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, insert, update
+from sqlalchemy import text, update
 
 from activeseg.core.db import Database
 from activeseg.core.migrate import upgrade
+from activeseg.core.services.scores import ScoredImage
 from activeseg.core.settings import Settings
-from activeseg.core.tables import Image, ModelVersion, Project, RegionScore, User
+from activeseg.core.tables import Image, ModelVersion, Project, User
 from activeseg.jobs import score_pool
 
 MEASURES = ("entropy", "margin", "least_confidence", "bald", "variance")
 WRITER_PERIOD_S = 0.010
 BASELINE_S = 2.0
-INSERT_ROWS = 5_000
-INSERT_REPEATS = 3
+OLD_ROWS_PER_TRANSACTION = 1_000
+OLD_DDL = (
+    """CREATE TABLE old_region_scores (
+        id INTEGER PRIMARY KEY,
+        model_version_id INTEGER NOT NULL REFERENCES model_versions(id) ON DELETE CASCADE,
+        measure VARCHAR(40) NOT NULL,
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        region INTEGER NOT NULL,
+        value FLOAT NOT NULL,
+        predicted_class INTEGER NOT NULL,
+        CONSTRAINT uq_old_region_scores UNIQUE (model_version_id, measure, image_id, region))""",
+    "CREATE INDEX ix_old_region_scores_image_id ON old_region_scores (image_id)",
+)
 WriteFn = Callable[[Database, int, int, int], float]
 
 
@@ -149,7 +158,7 @@ def make_fixture(db: Database, n_images: int) -> Fixture:
 
 
 INSERT_SQL = (
-    "INSERT INTO region_scores (model_version_id, measure, image_id, region, value, "
+    "INSERT INTO old_region_scores (model_version_id, measure, image_id, region, value, "
     "predicted_class) VALUES (?, ?, ?, ?, ?, ?)"
 )
 
@@ -162,44 +171,77 @@ def image_scores(image_id: int, n_regions: int) -> tuple[dict[str, np.ndarray], 
 
 
 def write_shipped(db: Database, mv_id: int, image_id: int, n_regions: int) -> float:
-    """Seconds to write one image's scores through the shipped job code."""
+    """Seconds to write one image's scores through the shipped job code (two rows)."""
     values, region_class = image_scores(image_id, n_regions)
-    means = {name: float(v.mean()) for name, v in values.items()}
+    item = ScoredImage.build(
+        image_id,
+        0,
+        values,
+        region_class,
+        np.zeros((n_regions, 2)),
+        np.ones(n_regions, np.bool_),
+        ("superpixel", 16, 0.0),
+        means={name: float(v.mean()) for name, v in values.items()},
+        heatmap_key="bench/h",
+    )
     started = time.perf_counter()
-    score_pool.write_image_scores(db, mv_id, image_id, values, region_class, means, "bench/h")
+    score_pool._write(db, mv_id, [item], "entropy")
     return time.perf_counter() - started
 
 
-def write_one_transaction(db: Database, mv_id: int, image_id: int, n_regions: int) -> float:
-    """Seconds to replace one image's region scores in a single transaction (delete, then
-    insert every row), as before the writes were chunked. Rows are built outside it."""
+def _old_rows(mv_id: int, image_id: int, n_regions: int) -> list[tuple[Any, ...]]:
     values, region_class = image_scores(image_id, n_regions)
-    started = time.perf_counter()
     classes = region_class.tolist()
-    rows = [
+    return [
         (mv_id, name, image_id, region, value, cls)
         for name, pooled in values.items()
         for region, (value, cls) in enumerate(zip(pooled.tolist(), classes, strict=True))
     ]
-    with db.session() as s:
-        s.execute(
-            delete(RegionScore).where(
-                RegionScore.model_version_id == mv_id, RegionScore.image_id == image_id
+
+
+def write_old_chunked(db: Database, mv_id: int, image_id: int, n_regions: int) -> float:
+    """Seconds of the old design's writes: earlier rows deleted 1,000 at a time, then the
+    rows inserted 1,000 per transaction (never spanning two measures), each transaction
+    followed by a pause as long (the old job left the lock free as long as it held it)."""
+    started = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        with db.session() as s:
+            res = s.execute(
+                text(
+                    "DELETE FROM old_region_scores WHERE id IN (SELECT id FROM old_region_scores "
+                    "WHERE model_version_id = :m AND image_id = :i LIMIT :n)"
+                ),
+                {"m": mv_id, "i": image_id, "n": OLD_ROWS_PER_TRANSACTION},
             )
-        )
-        s.connection().exec_driver_sql(INSERT_SQL, rows)
+        time.sleep(time.perf_counter() - t0)
+        if res.rowcount < OLD_ROWS_PER_TRANSACTION:
+            break
+    rows = _old_rows(mv_id, image_id, n_regions)
+    for m in range(len(MEASURES)):
+        measure = rows[m * n_regions : (m + 1) * n_regions]
+        for start in range(0, n_regions, OLD_ROWS_PER_TRANSACTION):
+            t0 = time.perf_counter()
+            with db.session() as s:
+                s.connection().exec_driver_sql(
+                    INSERT_SQL, measure[start : start + OLD_ROWS_PER_TRANSACTION]
+                )
+            time.sleep(time.perf_counter() - t0)
     return time.perf_counter() - started
 
 
-@contextmanager
-def rows_per_transaction(rows: int) -> Iterator[None]:
-    """Set the shipped module constant for a while, as a deployment could; restored after."""
-    shipped = score_pool.SCORE_ROWS_PER_TRANSACTION
-    score_pool.SCORE_ROWS_PER_TRANSACTION = rows
-    try:
-        yield
-    finally:
-        score_pool.SCORE_ROWS_PER_TRANSACTION = shipped
+def write_one_transaction(db: Database, mv_id: int, image_id: int, n_regions: int) -> float:
+    """Seconds to replace one image's old rows in a single transaction (delete, then insert
+    every row), as before the old writes were chunked. Rows are built outside it."""
+    rows = _old_rows(mv_id, image_id, n_regions)
+    started = time.perf_counter()
+    with db.session() as s:
+        s.execute(
+            text("DELETE FROM old_region_scores WHERE model_version_id = :m AND image_id = :i"),
+            {"m": mv_id, "i": image_id},
+        )
+        s.connection().exec_driver_sql(INSERT_SQL, rows)
+    return time.perf_counter() - started
 
 
 def measure_variant(
@@ -223,79 +265,37 @@ def measure_variant(
     )
 
 
-def lock_variants(n_regions: int) -> list[tuple[str, int, WriteFn]]:
-    """(label, ``SCORE_ROWS_PER_TRANSACTION``, write function) of each variant. The shipped
-    path never lets a transaction span two measures, so the constant set to all rows gives
-    one transaction per measure (and one for the whole delete); the last variant is truly
-    one transaction for the image."""
-    shipped = score_pool.SCORE_ROWS_PER_TRANSACTION
-    all_rows = n_regions * len(MEASURES)
+def lock_variants(n_regions: int) -> list[tuple[str, WriteFn]]:
+    """(label, write function) of each variant."""
+    rows = n_regions * len(MEASURES)
     return [
-        (f"shipped, {shipped:,} rows per transaction", shipped, write_shipped),
+        ("shipped: one image_region_scores row + one image_scores row", write_shipped),
         (
-            f"shipped, constant = {all_rows:,}: one transaction per measure",
-            all_rows,
-            write_shipped,
+            f"old: {rows:,} region_scores rows, {OLD_ROWS_PER_TRANSACTION:,} per transaction",
+            write_old_chunked,
         ),
-        ("one transaction per image (as before chunking)", shipped, write_one_transaction),
+        (f"old: {rows:,} region_scores rows in one transaction", write_one_transaction),
     ]
 
 
 def lock_results(db: Database, fixture: Fixture, n_regions: int, baseline_s: float) -> list[Result]:
-    """Each variant writes a fresh image, then the same image again (a redelivered job).
-    The last image of the fixture is left to :func:`insert_speed`."""
+    """Each variant writes a fresh image, then the same image again (a redelivered job)."""
     variants = lock_variants(n_regions)
     writer = OtherWriter(db, fixture.user_id)
     writer.start()
     results = []
     try:
-        for (label, rows, write), image_id in zip(variants, fixture.image_ids[:-1], strict=True):
+        for (label, write), image_id in zip(variants, fixture.image_ids, strict=False):
             run = partial(write, db, fixture.mv_id, image_id, n_regions)
-            with rows_per_transaction(rows):
-                for kind in ("first write", "rewrite"):
-                    results.append(measure_variant(writer, f"{label}, {kind}", run, baseline_s))
+            for kind in ("first write", "rewrite"):
+                results.append(measure_variant(writer, f"{label}, {kind}", run, baseline_s))
     finally:
         writer.stop.set()
         writer.join()
     return results
 
 
-def insert_orm(db: Database, mv_id: int, image_id: int, measure: str) -> float:
-    rows = [
-        {
-            "model_version_id": mv_id,
-            "measure": measure,
-            "image_id": image_id,
-            "region": r,
-            "value": 0.5,
-            "predicted_class": 0,
-        }
-        for r in range(INSERT_ROWS)
-    ]
-    started = time.perf_counter()
-    with db.session() as s:
-        s.execute(insert(RegionScore), rows)
-    return time.perf_counter() - started
-
-
-def insert_driver(db: Database, mv_id: int, image_id: int, measure: str) -> float:
-    rows = [(mv_id, measure, image_id, r, 0.5, 0) for r in range(INSERT_ROWS)]
-    started = time.perf_counter()
-    with db.session() as s:
-        s.connection().exec_driver_sql(INSERT_SQL, rows)
-    return time.perf_counter() - started
-
-
-def insert_speed(db: Database, fixture: Fixture) -> tuple[float, float]:
-    """Best of ``INSERT_REPEATS`` seconds for each insert path; a fresh measure name per
-    insert keeps the rows unique."""
-    mv_id, image_id = fixture.mv_id, fixture.image_ids[-1]
-    orm = [insert_orm(db, mv_id, image_id, f"orm{i}") for i in range(INSERT_REPEATS)]
-    driver = [insert_driver(db, mv_id, image_id, f"drv{i}") for i in range(INSERT_REPEATS)]
-    return min(orm), min(driver)
-
-
-def print_report(n_regions: int, results: list[Result], orm_s: float, driver_s: float) -> None:
+def print_report(n_regions: int, results: list[Result]) -> None:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
         f"SQLite {sqlite3.sqlite_version}, Python {platform.python_version()}, "
@@ -310,12 +310,6 @@ def print_report(n_regions: int, results: list[Result], orm_s: float, driver_s: 
             f"| {r.variant} | {r.other_p99_ms:.1f} | {r.other_max_ms:.1f} | "
             f"{r.baseline_p99_ms:.1f} | {r.write_s:.2f} |"
         )
-    print(
-        f"\nInsert of {INSERT_ROWS:,} region_scores rows, best of {INSERT_REPEATS}: "
-        f"ORM insert(RegionScore) of dicts {orm_s * 1000:.0f} ms; "
-        f"driver executemany of tuples {driver_s * 1000:.0f} ms "
-        f"({orm_s / driver_s:.1f}x faster)"
-    )
 
 
 def main() -> None:
@@ -331,11 +325,13 @@ def main() -> None:
         db = Database(settings)
         try:
             fixture = make_fixture(db, n_images=4)
+            with db.session() as s:
+                for ddl in OLD_DDL:
+                    s.execute(text(ddl))
             results = lock_results(db, fixture, n_regions, args.baseline_s)
-            orm_s, driver_s = insert_speed(db, fixture)
         finally:
             db.dispose()
-    print_report(n_regions, results, orm_s, driver_s)
+    print_report(n_regions, results)
 
 
 if __name__ == "__main__":

@@ -37,16 +37,33 @@ StoreDep = Annotated[BlobStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
+def _raw_token(creds: HTTPAuthorizationCredentials | None) -> str:
+    if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
+        raise Unauthorized("missing API token: send 'Authorization: Bearer <token>'")
+    return creds.credentials
+
+
 def current_user(
     db: DbDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> User:
-    if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
-        raise Unauthorized("missing API token: send 'Authorization: Bearer <token>'")
+    raw = _raw_token(creds)
     with db.read_session() as s:  # a read: on SQLite it must not queue on the write lock
-        return auth.authenticate(s, creds.credentials)
+        return auth.authenticate(s, raw)
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
+
+
+async def bearer_token(
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The raw API token, not yet checked (no I/O, so no thread-pool hop): for the hot
+    annotation routes, which check it in their own transaction
+    (:func:`auth.authenticate_for_project`) instead of in a session of its own."""
+    return _raw_token(creds)
+
+
+BearerToken = Annotated[str, Depends(bearer_token)]
 
 
 def _role(role: Role):  # type: ignore[no-untyped-def]

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -260,7 +261,11 @@ class ModelVersion(Base):
 
 
 class ImageScore(Base):
-    """Per-image, per-measure summary of one scoring pass, with the heatmap blob for display."""
+    """Per-image summary of one scoring pass, naming the heatmap blob (every measure's maps
+    and the prediction) for display and submissions. Since issue 17 a pass writes one row per
+    (version, image), ``measure`` being the project's measure and ``mean`` its image mean
+    (every measure's mean is in ``image_region_scores.means``); passes before wrote one row
+    per measure, all naming the same blob."""
 
     __tablename__ = "image_scores"
     __table_args__ = (
@@ -279,26 +284,63 @@ class ImageScore(Base):
     prediction_key: Mapped[str | None] = mapped_column(String(200))
 
 
-class RegionScore(Base):
-    __tablename__ = "region_scores"
+class ImageRegionScores(Base):
+    """One scoring pass's region scores of one image (activeseg.core.services.scores): every
+    measure's pooled score per region in one float32 array ``[M, R]``, the model's majority
+    class per region, the region centres and the regions still open to labelling when it was
+    scored. One row per (model version, image), however many measures; the per-pixel maps stay
+    in the heatmap blob (``image_scores.heatmap_key``)."""
+
+    __tablename__ = "image_region_scores"
     __table_args__ = (
-        UniqueConstraint(
-            "model_version_id",
-            "measure",
-            "image_id",
-            "region",
-            name="uq_region_scores_model_measure_image_region",
-        ),
+        UniqueConstraint("model_version_id", "image_id", name="uq_image_region_scores_model_image"),
     )
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     model_version_id: Mapped[int] = mapped_column(
         ForeignKey("model_versions.id", ondelete="CASCADE")
     )
-    measure: Mapped[str] = mapped_column(String(40))
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
-    region: Mapped[int] = mapped_column(Integer)
-    value: Mapped[float] = mapped_column(Float)
-    predicted_class: Mapped[int] = mapped_column(Integer)
+    # The region map the scores index (a task keeps the same three values).
+    region_kind: Mapped[str] = mapped_column(String(20))
+    region_size: Mapped[int] = mapped_column(Integer)
+    region_sigma: Mapped[float] = mapped_column(Float)
+    # The image's label revision ``open_regions`` was computed from.
+    labels_revision: Mapped[int] = mapped_column(Integer)
+    n_regions: Mapped[int] = mapped_column(Integer)
+    measures: Mapped[list[Any]] = mapped_column(JSON)  # row names of ``scores``
+    means: Mapped[dict[str, Any]] = mapped_column(JSON)  # {measure: mean of its pixel map}
+    scores: Mapped[bytes] = mapped_column(LargeBinary)  # float32 [M, R]
+    classes: Mapped[bytes] = mapped_column(LargeBinary)  # int16 [R]
+    centroids: Mapped[bytes] = mapped_column(LargeBinary)  # float32 [R, 2] (y, x)
+    open_regions: Mapped[bytes] = mapped_column(LargeBinary)  # np.packbits of bool [R]
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ScoreCandidates(Base):
+    """What one scoring chunk (a ``score_pool`` child job) offers the next queue: its best
+    selection keys after the per-image rules, and its best control draws
+    (activeseg.core.services.scores). ``build_queue`` merges the chunks of a version."""
+
+    __tablename__ = "score_candidates"
+    __table_args__ = (
+        UniqueConstraint(
+            "model_version_id", "first_image_id", name="uq_score_candidates_model_first_image"
+        ),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE")
+    )
+    # The chunk's images are the version's scored images with ids in [first, last].
+    first_image_id: Mapped[int] = mapped_column(Integer)
+    last_image_id: Mapped[int] = mapped_column(Integer)
+    n_images: Mapped[int] = mapped_column(Integer)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)  # the settings the keys were drawn for
+    selected: Mapped[bytes] = mapped_column(LargeBinary)  # entries, best first
+    selected_complete: Mapped[bool] = mapped_column(Boolean)  # nothing cut after the last
+    controls: Mapped[bytes] = mapped_column(LargeBinary)
+    controls_complete: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Round(Base):
@@ -384,6 +426,9 @@ class Task(Base):
     answered_pixels: Mapped[int | None] = mapped_column(BigInteger)
     model_wrong_pixels: Mapped[int | None] = mapped_column(BigInteger)
     clicks: Mapped[int | None] = mapped_column(Integer)
+    # The queuing model version's majority class of each of ``regions`` (same order); NULL
+    # without a model (a random round).
+    proposed_classes: Mapped[list[Any] | None] = mapped_column(JSON)
     # overlap > 1 (activeseg.core.services.overlap): answers collected so far, and once all
     # are in, the share of the regions' pixels on which every answer agrees, and the task's
     # sufficient statistics of Fleiss' kappa ({"items", "p_sum", "counts"}).

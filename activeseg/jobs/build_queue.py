@@ -7,17 +7,32 @@ uncertainty core's ``select_regions`` (stochastic batch acquisition by default, 
 per image). Queued tasks of another model version are marked stale and replaced; leased
 tasks are left alone.
 
+With a model, the round is merged from the candidates each scoring chunk stored
+(:func:`activeseg.core.services.scores.plan_merged`): the best keys of every chunk, the
+regions busy or labelled since scoring filtered out, so the job reads a few rows per chunk,
+never every score nor any image's region map or mask. When the chunks cannot decide the round
+(filtering went past what a chunk kept, settings changed since scoring, ``softrank``) it is
+computed from every score row (``plan_full``); both give the same queue. The selection keys
+and the control draw are hashed from (project seed, model version, image, region)
+(:func:`activeseg.uncertainty.selection.hashed_gumbel`): a second round of one version
+continues the same draw without the regions already queued.
+
 The lease order is the sampled order: a task's priority is minus its position, so the first
-region ``select_regions`` returned is leased first and a round cut short keeps what the
-sampling decided (not a top-k of the raw scores). In a round with a model,
+region the selection returned is leased first and a round cut short keeps what the sampling
+decided (not a top-k of the raw scores). In a round with a model,
 ``round(batch_size * control_fraction)`` of the batch are controls drawn uniformly at random
 from the candidates not selected, placed at random positions (``Task.control``; annotators
-are not told). Every random draw of a round comes from one stream,
-``np.random.default_rng([project seed, round number])``.
+are not told) drawn from ``np.random.default_rng([project seed, round number])``. A day-one
+round draws everything from that stream. Each task keeps the queuing model's majority class
+of its region (``Task.proposed_classes``).
+
+After the round is committed, the scores of versions no longer needed are pruned
+(:func:`activeseg.core.services.scores.prune_scores`).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -31,13 +46,20 @@ from activeseg.core.services.regions import (
     region_count_warning,
     region_sigma,
 )
+from activeseg.core.services.scores import (
+    QueueParams,
+    busy_by_image,
+    plan_queue,
+    prune_scores,
+)
 from activeseg.core.services.tasks import mark_stale, open_region_keys
-from activeseg.core.tables import Image, ModelVersion, Project, RegionScore, Round, Split, Task
+from activeseg.core.tables import Image, ModelVersion, Project, Round, Split, Task
 from activeseg.integrations.webhooks import notify
 from activeseg.jobs.runner import JobContext
 from activeseg.uncertainty.pooling import labelled_fraction
 from activeseg.uncertainty.selection import draw_controls, interleave, select_regions
 
+log = logging.getLogger(__name__)
 MAX_WARNINGS = 20  # region-count warnings kept in the job result (the total is kept too)
 
 
@@ -50,8 +72,10 @@ def plan_round(
     n_control: int,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The lease order of a round: ``batch_size - n_control`` regions selected by
-    ``strategy``, ``n_control`` controls drawn at random from the rest, interleaved at random.
+    """The lease order of a round drawn from one stream (a day-one round, and the old
+    design's plan that ``benchmarks/score_scale.py`` compares with): ``batch_size -
+    n_control`` regions selected by ``strategy``, ``n_control`` controls drawn at random from
+    the rest, interleaved at random.
 
     Args:
         scores: float ``[N]`` candidate scores; image_index: int ``[N]`` image per candidate;
@@ -89,19 +113,6 @@ def build_queue(
         settings = project_settings(project)
         mv_id = model_version_id or project.active_model_id
         mv = s.get(ModelVersion, mv_id) if mv_id else None
-        images = list(
-            s.execute(
-                with_mask_key(
-                    select(Image)
-                    .where(
-                        Image.project_id == project.id,
-                        Image.split == Split.pool.value,
-                        Image.labelled_fraction < 1.0,
-                    )
-                    .order_by(Image.id)
-                )
-            ).all()
-        )
         busy = open_region_keys(s, project.id, mv.id if mv is not None else None)
         number = (
             s.scalar(select(func.max(Round.number)).where(Round.project_id == project.id)) or 0
@@ -110,70 +121,36 @@ def build_queue(
     if mv is not None and measure in ENSEMBLE_ONLY and mv.config.get("method") == "single":
         raise ValueError(f"measure {measure!r} needs an ensemble or MC-dropout model")
     use_strategy = strategy or (settings.strategy if mv is not None else "random")
-
-    cand_image: list[int] = []
-    cand_region: list[int] = []
-    cand_score: list[float] = []
-    cand_class: list[int] = []
-    centroids: list[np.ndarray] = []
-    scores_by_image: dict[int, dict[int, tuple[float, int]]] = {}
-    if mv is not None:
-        with ctx.db.read_session() as s:
-            for image_id, region, value, cls in s.execute(
-                select(
-                    RegionScore.image_id,
-                    RegionScore.region,
-                    RegionScore.value,
-                    RegionScore.predicted_class,
-                ).where(RegionScore.model_version_id == mv.id, RegionScore.measure == measure)
-            ):
-                scores_by_image.setdefault(image_id, {})[region] = (value, cls)
     sigma = region_sigma(settings.region_kind, settings.slic_sigma)
-    warnings: list[str] = []
-    for n, (image, mask_key) in enumerate(images):
-        regions = ensure_region_map(
-            ctx.db, ctx.store, image, settings.region_kind, settings.region_size, sigma
+    rng = np.random.default_rng([settings.seed, number])
+    extra: dict[str, Any] = {}
+    if mv is None:
+        picks, is_control, extra = _day_one(ctx, project.id, settings, busy, rng)
+    else:
+        params = QueueParams.from_settings(settings, use_strategy)
+        plan = plan_queue(ctx.db, ctx.store, mv.id, params, busy_by_image(busy))
+        n_sel = plan.selected.size
+        order, is_control = interleave(
+            np.arange(n_sel), np.arange(n_sel, n_sel + plan.controls.size), seed=rng
         )
-        mask = read_mask(ctx.store, image, mask_key)
-        warning = region_count_warning(image, regions, settings.region_kind, settings.region_size)
-        if warning is not None:
-            warnings.append(warning)
-        frac = labelled_fraction(mask, regions.labels, regions.n_regions)
-        scored = scores_by_image.get(image.id)
-        if mv is not None and scored is None:
-            continue  # not scored by this version (labelled since, or scoring incomplete)
-        cents = regions.centroids
-        for r in range(regions.n_regions):
-            if frac[r] >= 1.0 or (image.id, str(r)) in busy:
-                continue
-            value, cls = scored.get(r, (np.nan, -1)) if scored else (1.0, -1)
-            if not np.isfinite(value):
-                continue
-            cand_image.append(image.id)
-            cand_region.append(r)
-            cand_score.append(value)
-            cand_class.append(cls)
-            centroids.append(cents[r])
-        ctx.progress(0.8 * (n + 1) / max(len(images), 1), f"read {n + 1}/{len(images)} images")
-
-    order, is_control = np.zeros(0, np.int64), np.zeros(0, np.bool_)
-    if cand_score:
-        order, is_control = plan_round(
-            np.asarray(cand_score, np.float64),
-            np.unique(np.asarray(cand_image), return_inverse=True)[1],
-            np.asarray(centroids, np.float64),
-            settings,
-            use_strategy,
-            n_control=round(settings.batch_size * settings.control_fraction) if mv else 0,
-            rng=np.random.default_rng([settings.seed, number]),
-        )
+        both = np.concatenate([plan.selected, plan.controls])[order]
+        picks = [
+            (int(i), int(r), int(c))
+            for i, r, c in zip(both["image"], both["region"], both["cls"], strict=True)
+        ]
+        extra = {"candidates": plan.candidates, "path": plan.path, "chunks": plan.chunks}
+        if plan.recomputed:
+            extra["recomputed_images"] = plan.recomputed
+        if plan.reason:
+            extra["full_because"] = plan.reason
+    ctx.progress(0.8, f"planned {len(picks)} tasks")
     measure_used = measure if mv is not None else "random"
     task_rows = [
         {
             "project_id": project.id,
-            "image_id": cand_image[i],
-            "regions": [cand_region[i]],
-            "region_key": str(cand_region[i]),
+            "image_id": image_id,
+            "regions": [region],
+            "region_key": str(region),
             "region_kind": settings.region_kind,
             "region_size": settings.region_size,
             "region_sigma": sigma,
@@ -182,9 +159,10 @@ def build_queue(
             # Leased highest first: the first of the sampled order goes first.
             "priority": -float(position),
             "control": bool(control),
+            "proposed_classes": [cls] if mv is not None else None,
         }
-        for position, (i, control) in enumerate(
-            zip(order.tolist(), is_control.tolist(), strict=True)
+        for position, ((image_id, region, cls), control) in enumerate(
+            zip(picks, is_control.tolist(), strict=True)
         )
     ]
     # One write transaction, rows built before it opens: the round and its tasks appear
@@ -205,7 +183,7 @@ def build_queue(
             model_version_id=mv.id if mv else None,
             measure=measure_used,
             strategy=use_strategy,
-            n_tasks=len(order),
+            n_tasks=len(picks),
             labelled_pixels=int(labelled),
             job_id=ctx.job_id,
         )
@@ -213,17 +191,82 @@ def build_queue(
         s.flush()
         if task_rows:
             s.execute(insert(Task), [{**row, "round_id": rnd.id} for row in task_rows])
-    notify(ctx, "queue.refilled", {"round": number, "tasks": len(order)})
+    notify(ctx, "queue.refilled", {"round": number, "tasks": len(picks)})
     result: dict[str, Any] = {
         "round": number,
-        "tasks": len(order),
+        "tasks": len(picks),
         "controls": int(is_control.sum()),
-        "candidates": len(cand_score),
+        **extra,
         "stale": stale,
         "strategy": use_strategy,
         "seed": settings.seed,
     }
-    if warnings:
-        result["region_warnings"] = warnings[:MAX_WARNINGS]
-        result["region_warnings_total"] = len(warnings)
+    try:
+        result["pruned"] = prune_scores(ctx.db, ctx.store, project.id)
+    except Exception:  # noqa: BLE001 - housekeeping: the periodic sweep prunes again
+        log.warning("pruning the scores of project %s failed", project.id, exc_info=True)
     return result
+
+
+def _day_one(
+    ctx: JobContext,
+    project_id: int,
+    settings: ProjectSettings,
+    busy: set[tuple[int, str]],
+    rng: np.random.Generator,
+) -> tuple[list[tuple[int, int, int]], np.ndarray, dict[str, Any]]:
+    """A round without a model: every open region of the pool, drawn at random from the
+    round's stream. Reads every pool image's region map and mask (computing missing maps)."""
+    with ctx.db.read_session() as s:
+        images = list(
+            s.execute(
+                with_mask_key(
+                    select(Image)
+                    .where(
+                        Image.project_id == project_id,
+                        Image.split == Split.pool.value,
+                        Image.labelled_fraction < 1.0,
+                    )
+                    .order_by(Image.id)
+                )
+            ).all()
+        )
+    sigma = region_sigma(settings.region_kind, settings.slic_sigma)
+    warnings: list[str] = []
+    cand_image: list[int] = []
+    cand_region: list[int] = []
+    centroids: list[np.ndarray] = []
+    for n, (image, mask_key) in enumerate(images):
+        regions = ensure_region_map(
+            ctx.db, ctx.store, image, settings.region_kind, settings.region_size, sigma
+        )
+        mask = read_mask(ctx.store, image, mask_key)
+        warning = region_count_warning(image, regions, settings.region_kind, settings.region_size)
+        if warning is not None:
+            warnings.append(warning)
+        frac = labelled_fraction(mask, regions.labels, regions.n_regions)
+        cents = regions.centroids
+        for r in range(regions.n_regions):
+            if frac[r] >= 1.0 or (image.id, str(r)) in busy:
+                continue
+            cand_image.append(image.id)
+            cand_region.append(r)
+            centroids.append(cents[r])
+        ctx.progress(0.8 * (n + 1) / max(len(images), 1), f"read {n + 1}/{len(images)} images")
+    order, is_control = np.zeros(0, np.int64), np.zeros(0, np.bool_)
+    if cand_image:
+        order, is_control = plan_round(
+            np.ones(len(cand_image), np.float64),
+            np.unique(np.asarray(cand_image), return_inverse=True)[1],
+            np.asarray(centroids, np.float64),
+            settings,
+            "random",
+            n_control=0,
+            rng=rng,
+        )
+    picks = [(cand_image[i], cand_region[i], -1) for i in order.tolist()]
+    extra: dict[str, Any] = {"candidates": len(cand_image), "path": "random"}
+    if warnings:
+        extra["region_warnings"] = warnings[:MAX_WARNINGS]
+        extra["region_warnings_total"] = len(warnings)
+    return picks, is_control, extra

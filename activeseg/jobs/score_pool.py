@@ -2,30 +2,37 @@
 
 For each pool image: every uncertainty measure the model supports (softmax measures always;
 ensemble measures when S > 1) from :func:`activeseg.models.scoring.score_images`, pooled over
-the image's stored region map; one ``region_scores`` row per (version, measure, image,
-region), one ``image_scores`` row per measure with a heatmap blob for display (its maps, the
-predicted classes and the prediction's expected IoU: :func:`encode_heatmaps`). The predictor
-applies the version's temperature, fitted on the val images before the version is stored (a
-version trained without labelled val images has none: its probabilities are the raw softmax).
-Large pools fan out into child jobs of ``chunk_images`` images each, so several workers share
-them.
+the image's stored region map. Per (version, image) two rows, however many measures and
+regions (:mod:`activeseg.core.services.scores`): one ``image_region_scores`` row (every
+measure's pooled scores as one float32 array, the majority predicted class, the region
+centres, the regions still open to labelling) and one ``image_scores`` row naming the heatmap
+blob for display (its maps, the predicted classes and the prediction's expected IoU:
+:func:`encode_heatmaps`). The predictor applies the version's temperature, fitted on the val
+images before the version is stored (a version trained without labelled val images has none:
+its probabilities are the raw softmax). Large pools fan out into child jobs of
+``chunk_images`` images each, so several workers share them.
+
+Each chunk also stores its candidates for the next queue (a ``score_candidates`` row: its
+best selection keys after the per-image rules and its best control draws, drawn with keys
+hashed from (seed, version, image, region)); ``build_queue`` merges the chunks' rows instead
+of reading every score. The row is written last: it marks the chunk complete. A redelivered
+chunk writes the same rows again, once.
 
 The job never holds the database while it works (see :mod:`activeseg.core.db`): rows are read
-in short read sessions, prediction, SLIC and pooling run with no session open, and the scores
-of an image are written in transactions of ``SCORE_ROWS_PER_TRANSACTION`` rows. An image's
-``image_scores`` rows are written last: they mark its region scores complete.
+in short read sessions, prediction, SLIC and pooling run with no session open, and the rows
+are written in short transactions of up to ``WRITE_BATCH_IMAGES`` images.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from activeseg.core.db import Database
@@ -35,13 +42,29 @@ from activeseg.core.project_config import ProjectSettings
 from activeseg.core.services.labels import read_mask, with_mask_key
 from activeseg.core.services.models import load_predictor
 from activeseg.core.services.projects import project_settings
-from activeseg.core.services.regions import ensure_region_map, region_count_warning
-from activeseg.core.tables import Image, ImageScore, ModelVersion, Project, RegionScore, Split
+from activeseg.core.services.regions import (
+    REGION_MAPS,
+    ensure_region_map,
+    region_count_warning,
+    region_sigma,
+)
+from activeseg.core.services.scores import (
+    WRITE_BATCH_BYTES,
+    ChunkCandidates,
+    ImageCandidates,
+    QueueParams,
+    ScoredImage,
+    forget_candidates,
+    group_candidates,
+    replace_scores,
+    write_candidates,
+)
+from activeseg.core.tables import Image, ModelVersion, Project, RegionSet, Split
 from activeseg.jobs.runner import JobContext, Waiting
 from activeseg.models.scoring import ImageScore as Scored
 from activeseg.models.scoring import score_images
 from activeseg.uncertainty.measures import ENSEMBLE_MEASURES, SOFTMAX_MEASURES
-from activeseg.uncertainty.pooling import class_weights_from_labels, pool
+from activeseg.uncertainty.pooling import class_weights_from_labels, labelled_fraction, pool
 from activeseg.uncertainty.regions import RegionMap
 
 log = logging.getLogger(__name__)
@@ -53,10 +76,10 @@ __all__ = [
 ]
 CHUNK_IMAGES = 64
 MAX_WARNINGS = 20  # region-count warnings kept in a job result (the total is kept too)
-SCORE_ROWS_PER_TRANSACTION = 1_000
-"""Region-score rows written (or deleted) per write transaction: a few milliseconds of the
-SQLite write lock each, where one transaction per image held it for seconds on a 36-Mpx
-image (hundreds of thousands of rows)."""
+WRITE_BATCH_IMAGES = 64
+"""Images whose rows go in one write transaction (fewer when their arrays pass
+``WRITE_BATCH_BYTES``): two rows per image, a few milliseconds of the SQLite write lock. Each
+batch's candidates are computed together (vectorised) before it is written."""
 
 
 def pool_image_ids(ctx: JobContext, project_id: int) -> list[int]:
@@ -113,36 +136,134 @@ def score_pool(
     if settings.pooling == "class_balanced":
         weights = class_weights_from_labels(_labelled_class_counts(ctx, project.id, n_classes))
     with ctx.db.read_session() as s:
-        images = list(s.scalars(select(Image).where(Image.id.in_(ids)).order_by(Image.id)))
+        rows = list(
+            s.execute(with_mask_key(select(Image).where(Image.id.in_(ids)).order_by(Image.id)))
+        )
+    images = [im for im, _ in rows]
+    mask_keys = {im.id: key for im, key in rows}
+    params = QueueParams.from_settings(settings)
+    spec = (
+        settings.region_kind,
+        settings.region_size,
+        region_sigma(settings.region_kind, settings.slic_sigma),
+    )
+    offers = params.mergeable and params.measure in names
+    if ids:
+        forget_candidates(ctx.db, mv.id, ids)
+    maps = _region_maps(ctx, images, spec)
 
     arrays = (decode_image(ctx.store.get(im.blob_key)) for im in images)
     warnings: list[str] = []
+    offered: list[ImageCandidates] = []
+    pending: list[ScoredImage] = []
     scored_images = score_images(predictor, arrays, names)
     for done, (image, scored) in enumerate(zip(images, scored_images, strict=True)):
-        regions = ensure_region_map(
-            ctx.db,
-            ctx.store,
-            image,
-            settings.region_kind,
-            settings.region_size,
-            settings.slic_sigma,
-        )
+        regions = maps(image)
         warning = region_count_warning(image, regions, settings.region_kind, settings.region_size)
         if warning is not None:
             warnings.append(warning)
         values, region_class = pool_scores(scored, regions, settings, weights, n_classes)
         key = ctx.store.put(encode_heatmaps(scored.maps, scored.prediction, scored.expected_iou))
-        means = {name: float(m.mean()) for name, m in scored.maps.items()}
-        write_image_scores(ctx.db, mv.id, image.id, values, region_class, means, key)
+        item = ScoredImage.build(
+            image.id,
+            image.current_revision,
+            values,
+            region_class,
+            regions.centroids,
+            _open_regions(ctx, image, mask_keys[image.id], regions),
+            spec,
+            means={name: float(m.mean()) for name, m in scored.maps.items()},
+            heatmap_key=key,
+        )
+        pending.append(item)
+        if (
+            len(pending) >= WRITE_BATCH_IMAGES
+            or sum(p.nbytes() for p in pending) >= WRITE_BATCH_BYTES
+        ):
+            if offers:
+                offered.append(group_candidates(mv.id, params, pending))
+            _write(ctx.db, mv.id, pending, settings.measure)
+            pending = []
         ctx.progress((done + 1) / max(len(images), 1), f"scored {done + 1}/{len(images)} images")
+    if offers and pending:
+        offered.append(group_candidates(mv.id, params, pending))
+    _write(ctx.db, mv.id, pending, settings.measure)
+    if offers and ids:
+        write_candidates(
+            ctx.db, mv.id, ids, len(images), params, ChunkCandidates.merge(params, offered)
+        )
     seconds = time.perf_counter() - started
-    result = {"model_version_id": mv.id, "images": len(images), "measures": names}
+    result: dict[str, Any] = {
+        "model_version_id": mv.id,
+        "images": len(images),
+        "measures": names,
+        "candidates": offers,
+    }
     if images:
         result.update(seconds=round(seconds, 6), images_per_s=len(images) / seconds)
     if warnings:
         result["region_warnings"] = warnings[:MAX_WARNINGS]
         result["region_warnings_total"] = len(warnings)
     return result
+
+
+def _region_maps(
+    ctx: JobContext, images: list[Image], spec: tuple[str, int, float]
+) -> Callable[[Image], RegionMap]:
+    """A function image -> its region map: the chunk's stored maps are looked up in one read
+    (not one per image); a missing map is computed with :func:`ensure_region_map`."""
+    kind, size, sigma = spec
+    with ctx.db.read_session() as s:
+        stored = dict(
+            s.execute(
+                select(RegionSet.image_id, RegionSet.blob_key).where(
+                    RegionSet.image_id.in_([im.id for im in images]),
+                    RegionSet.kind == kind,
+                    RegionSet.size == size,
+                    RegionSet.sigma == sigma,
+                )
+            ).all()
+        )
+
+    def region_map(image: Image) -> RegionMap:
+        key = stored.get(image.id)
+        if key is not None:
+            return REGION_MAPS.get(ctx.store, key)
+        return ensure_region_map(ctx.db, ctx.store, image, kind, size, sigma)
+
+    return region_map
+
+
+def _open_regions(
+    ctx: JobContext, image: Image, mask_key: str | None, regions: RegionMap
+) -> np.ndarray:
+    """bool ``[R]``: regions not fully labelled by the image's mask (read with its row)."""
+    if image.labelled_pixels == 0 and mask_key is None:
+        return np.ones(regions.n_regions, np.bool_)
+    frac = labelled_fraction(
+        read_mask(ctx.store, image, mask_key), regions.labels, regions.n_regions
+    )
+    return np.asarray(~(frac >= 1.0), np.bool_)
+
+
+def _write(db: Database, mv_id: int, items: list[ScoredImage], shown: str) -> None:
+    """The rows of ``items`` in one brief write transaction (:func:`replace_scores`)."""
+    if items:
+        with _brief_write(db) as s:
+            replace_scores(s, mv_id, items, shown)
+
+
+@contextmanager
+def _brief_write(db: Database) -> Iterator[Session]:
+    """A write session of one batch; on SQLite it then leaves the write lock free for as long
+    as it held it. SQLite's lock is not fair: a waiting request polls on a back-off (up to
+    100 ms apart) and would mostly find the lock taken again by the next batch; free half the
+    time, it gets the lock within a poll or two."""
+    started = time.perf_counter()
+    with db.session() as s:
+        yield s
+    if db.settings.is_sqlite:
+        time.sleep(time.perf_counter() - started)
 
 
 def pool_scores(
@@ -170,108 +291,6 @@ def pool_scores(
         for name, pixel_map in scored.maps.items()
     }
     return values, votes.argmax(axis=1)
-
-
-def write_image_scores(
-    db: Database,
-    mv_id: int,
-    image_id: int,
-    values: dict[str, np.ndarray],
-    region_class: np.ndarray,
-    means: dict[str, float],
-    heatmap_key: str,
-) -> None:
-    """Replace the scores of (``mv_id``, ``image_id``) in short write transactions.
-
-    Idempotent: a redelivered job first deletes what an earlier delivery wrote. The
-    ``image_scores`` rows go first in the deletion and last in the insertion, so a reader
-    that sees them sees every region score of the image."""
-    _delete_image_scores(db, mv_id, image_id)
-    for rows in _region_score_rows(mv_id, image_id, values, region_class):
-        with _brief_write(db) as s:
-            conn = s.connection()
-            conn.exec_driver_sql(_insert_sql(conn.dialect.paramstyle), rows)
-    with db.session() as s:
-        s.execute(
-            insert(ImageScore),
-            [
-                {
-                    "model_version_id": mv_id,
-                    "image_id": image_id,
-                    "measure": name,
-                    "mean": mean,
-                    "heatmap_key": heatmap_key,
-                    "prediction_key": heatmap_key,
-                }
-                for name, mean in means.items()
-            ],
-        )
-
-
-_SCORE_COLUMNS = ("model_version_id", "measure", "image_id", "region", "value", "predicted_class")
-
-
-def _insert_sql(paramstyle: str) -> str:
-    """The ``region_scores`` INSERT for the driver's positional placeholder. Plain tuples
-    through the driver's executemany: a third of the time of the ORM insert of dicts, and
-    these rows hold the write lock while they go in."""
-    mark = "?" if paramstyle == "qmark" else "%s"
-    columns = ", ".join(_SCORE_COLUMNS)
-    return f"INSERT INTO {RegionScore.__tablename__} ({columns}) VALUES ({', '.join([mark] * 6)})"
-
-
-def _region_score_rows(
-    mv_id: int, image_id: int, values: dict[str, np.ndarray], region_class: np.ndarray
-) -> Iterator[list[tuple[int, str, int, int, float, int]]]:
-    """The ``region_scores`` rows of one image as ``_SCORE_COLUMNS`` tuples,
-    ``SCORE_ROWS_PER_TRANSACTION`` at a time; each chunk is built before its transaction
-    opens."""
-    classes = region_class.tolist()
-    step = SCORE_ROWS_PER_TRANSACTION
-    for name, pooled in values.items():
-        scores = pooled.tolist()
-        for start in range(0, len(scores), step):
-            stop = start + step
-            yield [
-                (mv_id, name, image_id, region, value, cls)
-                for region, value, cls in zip(
-                    range(start, stop), scores[start:stop], classes[start:stop], strict=False
-                )
-            ]
-
-
-def _delete_image_scores(db: Database, mv_id: int, image_id: int) -> None:
-    """Delete what an earlier delivery wrote for the image: its ``image_scores`` first (the
-    mark of a complete image), then its region scores a chunk at a time."""
-    with db.session() as s:
-        s.execute(
-            delete(ImageScore).where(
-                ImageScore.model_version_id == mv_id, ImageScore.image_id == image_id
-            )
-        )
-    while True:
-        batch = (
-            select(RegionScore.id)
-            .where(RegionScore.model_version_id == mv_id, RegionScore.image_id == image_id)
-            .limit(SCORE_ROWS_PER_TRANSACTION)
-        )
-        with _brief_write(db) as s:
-            result = s.execute(delete(RegionScore).where(RegionScore.id.in_(batch)))
-        if result.rowcount < SCORE_ROWS_PER_TRANSACTION:  # type: ignore[attr-defined]
-            return
-
-
-@contextmanager
-def _brief_write(db: Database) -> Iterator[Session]:
-    """A write session of one chunk; on SQLite it then leaves the write lock free for as long
-    as it held it. SQLite's lock is not fair: a waiting request polls on a back-off (up to
-    100 ms apart) and would mostly find the lock taken again by the next chunk; free half the
-    time, it gets the lock within a poll or two."""
-    started = time.perf_counter()
-    with db.session() as s:
-        yield s
-    if db.settings.is_sqlite:
-        time.sleep(time.perf_counter() - started)
 
 
 # Class-balanced pooling learns its weights from these splits only: val and test masks are

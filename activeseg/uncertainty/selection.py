@@ -21,6 +21,16 @@ the queue priority order.
 Eligibility: a candidate with score NaN or ``-inf`` (fully labelled, see
 :func:`activeseg.uncertainty.pooling.mask_labelled_regions`) is never selected. A score of 0
 (or below) carries no uncertainty: only ``random`` may select it.
+
+Mergeable draws. The Gumbel noise may be given instead of drawn (``noise``): with
+:func:`hashed_gumbel` it is a pure function of (seed, salt, stream, image id, region), so any
+subset of the candidates gets the same keys wherever it is scored. The greedy pass only
+compares regions of one image, so a candidate's fate depends on its own image alone: the
+candidates that survive the per-image rules in a part of the pool holding whole images are
+exactly the global survivors of those images, and the global top ``k`` is the top ``k`` of
+the parts' top ``k`` (:func:`ranked_selection`). Controls are merged the same way with the
+depth bound of :func:`ranked_controls`. ``softrank`` ranks every candidate of the pool
+against the others: it has no mergeable form.
 """
 
 from __future__ import annotations
@@ -32,22 +42,92 @@ import numpy as np
 import numpy.typing as npt
 from scipy.stats import rankdata
 
-__all__ = ["STRATEGIES", "Seed", "Strategy", "draw_controls", "interleave", "select_regions"]
+__all__ = [
+    "MERGEABLE_STRATEGIES",
+    "STRATEGIES",
+    "Seed",
+    "Strategy",
+    "control_depth",
+    "draw_controls",
+    "hashed_gumbel",
+    "interleave",
+    "ranked_controls",
+    "ranked_selection",
+    "select_regions",
+]
 
 Strategy = Literal["top_k", "random", "power", "softmax", "softrank"]
 # Anything np.random.default_rng takes: an int, a sequence of ints such as (project seed, round
 # number), or a Generator (used as is, so several draws can share one stream).
 Seed = int | Sequence[int] | np.random.Generator
 STRATEGIES: tuple[str, ...] = ("top_k", "random", "power", "softmax", "softrank")
+MERGEABLE_STRATEGIES: tuple[str, ...] = ("top_k", "random", "power", "softmax")
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_MIX1 = 0xBF58476D1CE4E5B9
+_MIX2 = 0x94D049BB133111EB
+
+
+def _splitmix_int(x: int) -> int:
+    """SplitMix64's finaliser on a Python int (Steele, Lea and Flood 2014)."""
+    x = (x + _GOLDEN) & _MASK64
+    x = ((x ^ (x >> 30)) * _MIX1) & _MASK64
+    x = ((x ^ (x >> 27)) * _MIX2) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _splitmix(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """The same finaliser on uint64 arrays (numpy's uint64 arithmetic wraps modulo 2**64)."""
+    x = x + np.uint64(_GOLDEN)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(_MIX1)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(_MIX2)
+    return np.asarray(x ^ (x >> np.uint64(31)), dtype=np.uint64)
+
+
+def hashed_gumbel(
+    seed: int, salt: int, image_ids: npt.ArrayLike, regions: npt.ArrayLike, stream: int = 0
+) -> npt.NDArray[np.float64]:
+    """Gumbel(0, 1) noise, one value per (image id, region), that is a pure function of
+    ``(seed, salt, stream, image id, region)``: a SplitMix64 hash chain mapped to a uniform in
+    (0, 1) (53 bits, never 0 or 1), then ``-log(-log u)``. Any subset of candidates, scored in
+    any part of the pool, in any order, gets the same noise.
+
+    Args:
+        seed: the project's seed; salt: what makes draws differ (the model version);
+        image_ids, regions: int ``[N]``; stream: separates independent draws (selection 0,
+            controls 1).
+    """
+    ids = np.asarray(image_ids, dtype=np.int64)
+    reg = np.asarray(regions, dtype=np.int64)
+    if ids.shape != reg.shape or ids.ndim != 1:
+        raise ValueError(
+            f"image_ids and regions must both have shape [N], got {ids.shape}, {reg.shape}"
+        )
+    head = _splitmix_int(
+        _splitmix_int(_splitmix_int(seed & _MASK64) ^ (salt & _MASK64)) ^ (stream & _MASK64)
+    )
+    h = _splitmix(np.uint64(head) ^ ids.astype(np.uint64))
+    h = _splitmix(h ^ reg.astype(np.uint64))
+    u = ((h >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+    return np.asarray(-np.log(-np.log(u)), dtype=np.float64)
 
 
 def _sort_keys(
-    scores: npt.NDArray[np.float64], strategy: str, beta: float, rng: np.random.Generator
+    scores: npt.NDArray[np.float64],
+    strategy: str,
+    beta: float,
+    rng: np.random.Generator | None,
+    noise: npt.NDArray[np.float64] | None = None,
 ) -> npt.NDArray[np.float64]:
-    """Keys whose descending order is the sampled order (``scores`` are the eligible ones)."""
+    """Keys whose descending order is the sampled order (``scores`` are the eligible ones);
+    the Gumbel noise is ``noise`` when given, else drawn from ``rng``."""
     if strategy == "top_k":
         return scores
-    gumbel: npt.NDArray[np.float64] = np.asarray(rng.gumbel(size=scores.shape[0]))
+    if noise is None:
+        assert rng is not None
+        noise = np.asarray(rng.gumbel(size=scores.shape[0]))
+    gumbel: npt.NDArray[np.float64] = np.asarray(noise, dtype=np.float64)
     if strategy == "random":
         return gumbel
     if strategy == "power":
@@ -69,6 +149,7 @@ def select_regions(
     centroids: npt.ArrayLike | None = None,
     beta: float = 1.0,
     seed: Seed = 0,
+    noise: npt.ArrayLike | None = None,
 ) -> npt.NDArray[np.int64]:
     """Choose up to ``k`` candidate regions, in priority order.
 
@@ -87,10 +168,13 @@ def select_regions(
             Ignored by ``top_k`` and ``random``.
         seed: seed of ``np.random.default_rng`` (an int, a sequence of ints, or a Generator
             that is drawn from); the same inputs and seed give the same batch.
+        noise: float ``[N]`` Gumbel noise per candidate (e.g. :func:`hashed_gumbel`) used
+            instead of drawing from ``seed`` (which is then not drawn from).
 
     Returns:
         int64 indices into the candidate arrays, in selection (queue priority) order; fewer
-        than ``k`` when not enough eligible candidates pass the rules.
+        than ``k`` when not enough eligible candidates pass the rules. Ties of the keys go to
+        the lower index.
     """
     s = np.asarray(scores, dtype=np.float64)
     img = np.asarray(image_index)
@@ -122,20 +206,119 @@ def select_regions(
                 f"centroids must have shape [N, 2] = {(s.shape[0], 2)}, got {cents.shape}"
             )
 
+    gumbel = _check_noise(noise, s.shape[0])
     eligible = np.isfinite(s)
     if strategy != "random":
         eligible &= s > 0
     candidates = np.flatnonzero(eligible)
     if k == 0 or candidates.size == 0:
         return np.empty(0, np.int64)
-    rng = np.random.default_rng(seed)
-    keys = _sort_keys(s[candidates], strategy, float(beta), rng)
+    rng = np.random.default_rng(seed) if gumbel is None else None
+    keys = _sort_keys(
+        s[candidates], strategy, float(beta), rng, None if gumbel is None else gumbel[candidates]
+    )
     order = candidates[np.argsort(-keys, kind="stable")].astype(np.int64)
     if cents is None or min_distance is None:
         if per_image_cap is not None:
             order = order[_rank_within_image(img[order]) < per_image_cap]
         return order[:k]
     return _greedy_spread(order, img, k, float(min_distance), cents, per_image_cap)
+
+
+def _check_noise(noise: npt.ArrayLike | None, n: int) -> npt.NDArray[np.float64] | None:
+    if noise is None:
+        return None
+    g = np.asarray(noise, dtype=np.float64)
+    if g.shape != (n,):
+        raise ValueError(f"noise must have shape [N] = {(n,)}, got {g.shape}")
+    if not np.all(np.isfinite(g)):
+        raise ValueError("noise must be finite")
+    return g
+
+
+def ranked_selection(
+    scores: npt.ArrayLike,
+    image_index: npt.ArrayLike,
+    k: int,
+    noise: npt.ArrayLike,
+    strategy: Strategy = "power",
+    per_image_cap: int | None = None,
+    min_distance: float | None = None,
+    centroids: npt.ArrayLike | None = None,
+    beta: float = 1.0,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], bool]:
+    """:func:`select_regions` with given noise, and what a merge needs: the sort key of each
+    selected candidate and whether nothing was cut after the last one.
+
+    Run on a part of the pool that holds whole images, the result is the part's share of the
+    global selection cut at ``k``: merging parts = sorting their entries by (key descending,
+    then the candidates' global order) and keeping ``k``, exact as long as no incomplete part
+    has its last entry before the ``k``-th merged one.
+
+    Returns:
+        ``(indices, keys, complete)``: int64 ``[<= k]`` in order, float64 keys (descending),
+        and ``complete`` = fewer than ``k`` candidates passed the rules (or ``k == 0``).
+    """
+    if strategy not in MERGEABLE_STRATEGIES:
+        raise ValueError(f"strategy {strategy!r} ranks over the whole pool: it cannot be merged")
+    s = np.asarray(scores, dtype=np.float64)
+    g = _check_noise(noise, s.shape[0])
+    assert g is not None
+    picked = select_regions(
+        s,
+        image_index,
+        k,
+        strategy=strategy,
+        per_image_cap=per_image_cap,
+        min_distance=min_distance,
+        centroids=centroids,
+        beta=beta,
+        noise=g,
+    )
+    keys = _sort_keys(s[picked], strategy, float(beta), None, g[picked])
+    return picked, np.asarray(keys, np.float64), bool(picked.size < k or k == 0)
+
+
+def control_depth(n_selected: int, n_control: int) -> int:
+    """How many control entries a part of the pool keeps (:func:`ranked_controls`)."""
+    return n_selected + 2 * n_control if n_control > 0 else 0
+
+
+def ranked_controls(
+    scores: npt.ArrayLike,
+    image_index: npt.ArrayLike,
+    n_selected: int,
+    n_control: int,
+    noise: npt.ArrayLike,
+    per_image_cap: int | None = None,
+) -> tuple[npt.NDArray[np.int64], bool]:
+    """The entries of a part of the pool (whole images) that :func:`draw_controls` can reach
+    once the global selection is known, in draw order: the eligible candidates (finite score)
+    by descending noise, at most ``2 * per_image_cap`` per image, at most
+    ``control_depth(n_selected, n_control)`` in all.
+
+    Why that is enough: the selection holds at most ``per_image_cap`` regions of an image, so
+    a control is among its image's first ``2 * cap`` draws; before it in the whole draw order
+    come at most ``n_selected`` selected regions, ``n_control - 1`` controls and, per image
+    already holding ``cap`` controls (at most ``(n_control - 1) / cap`` images), at most
+    ``cap`` more kept entries: fewer than ``n_selected + 2 * n_control`` in all.
+
+    Returns:
+        ``(indices, complete)``: int64 indices in draw order, and ``complete`` = nothing was
+        cut by the depth (cuts by the per-image bound never matter).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    g = _check_noise(noise, s.shape[0])
+    assert g is not None
+    img = np.asarray(image_index)
+    depth = control_depth(n_selected, n_control)
+    candidates = np.flatnonzero(np.isfinite(s))
+    if depth == 0 or candidates.size == 0:
+        return np.empty(0, np.int64), True
+    order = candidates[np.argsort(-g[candidates], kind="stable")].astype(np.int64)
+    if per_image_cap is not None:
+        order = order[_rank_within_image(img[order]) < 2 * per_image_cap]
+    return order[:depth], bool(order.size <= depth)
 
 
 def _rank_within_image(image_of: npt.NDArray[np.integer]) -> npt.NDArray[np.int64]:
@@ -192,6 +375,7 @@ def draw_controls(
     k: int,
     per_image_cap: int | None = None,
     seed: Seed = 0,
+    noise: npt.ArrayLike | None = None,
 ) -> npt.NDArray[np.int64]:
     """Draw ``k`` control candidates uniformly at random among the eligible ones not selected.
 
@@ -206,6 +390,7 @@ def draw_controls(
         per_image_cap: at most this many controls per image (the selection's cap, applied to
             the controls on their own so that they stay a uniform draw of the pool).
         seed: as in :func:`select_regions`.
+        noise: as in :func:`select_regions` (the draw's own noise, not the selection's).
 
     Returns:
         int64 ``[<= k]`` candidate indices in draw order.
@@ -213,7 +398,13 @@ def draw_controls(
     s = np.array(scores, dtype=np.float64)
     s[np.asarray(selected, dtype=np.int64)] = np.nan
     return select_regions(
-        s, image_index, k, strategy="random", per_image_cap=per_image_cap, seed=seed
+        s,
+        image_index,
+        k,
+        strategy="random",
+        per_image_cap=per_image_cap,
+        seed=seed,
+        noise=noise,
     )
 
 

@@ -117,6 +117,9 @@ def test_maintenance_requests_a_sweep_job_once_per_period(stack: Stack) -> None:
         assert done is not None and done.state == JobState.succeeded.value
         grace = stack.settings.orphan_blob_grace_s  # type: ignore[attr-defined]
         # This session's blobs are all younger than the default grace period of a day.
-        assert done.result == {
+        result = dict(done.result or {})
+        # The sweep prunes unneeded scores first (what other tests left: counts vary).
+        assert set(result.pop("pruned_scores")) == {"versions", "rows", "blobs"}
+        assert result == {
             "old": 0, "referenced": 0, "removed": 0, "skipped": 0, "grace_s": grace
         }  # fmt: skip

@@ -25,8 +25,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from activeseg.core.db import Database
 from activeseg.core.tables import (
+    ImageRegionScores,
     Job,
-    RegionScore,
     RegionSet,
     User,
 )
@@ -49,11 +49,11 @@ from tests.utils import (
 from tests.worker.conftest import start_worker, wait_worker_ready
 
 BIG_SIDE = 3000
-"""Side of the image scored in the default suite (9 Mpx, ~35k superpixels, ~175k score rows):
+"""Side of the image scored in the default suite (9 Mpx, ~35k superpixels, one score row):
 the same verdict as the issue's 36 Mpx in about a quarter of the time. The 6000 x 6000 run
 (about 110 s of scoring on a quiet two-core machine, several minutes on a loaded one) is
 tests/reliability/test_big_image_lease.py, which `make reliability` (and CI) runs."""
-REGION_SIZE = 16  # ~140k superpixels at 6000: ~700k score rows (5 softmax measures)
+REGION_SIZE = 16  # ~140k superpixels at 6000: 5 x 140k float32 scores (5 softmax measures)
 BASELINE_LEASES = 150
 LEASE_SLACK_S = 0.2
 """The bound on a lease's p99 while the image is scored is ``LEASE_SLACK_S`` plus the p99 of
@@ -221,56 +221,77 @@ def test_a_failed_beat_is_retried_soon_then_the_period_resumes(
     assert calls == [7] * 5
 
 
-def test_scores_go_in_chunks_and_a_redelivery_replaces_them(
-    stack: Stack, admin: httpx.Client, monkeypatch: pytest.MonkeyPatch
+def test_an_image_scores_in_two_rows_and_a_redelivery_replaces_them(
+    stack: Stack, admin: httpx.Client
 ) -> None:
-    """On both databases: no write statement carries more than SCORE_ROWS_PER_TRANSACTION
-    score rows, and writing an image's scores again (a redelivered job) leaves exactly the
-    new rows, the image_scores rows naming the new heatmap."""
+    """On both databases: an image's scores are one image_region_scores row (every measure's
+    region scores in one array) and one image_scores row, whatever the number of measures,
+    in one brief write; writing them again (a redelivered job) leaves exactly the new rows,
+    the image_scores row naming the new heatmap."""
     from sqlalchemy import event
 
+    from activeseg.core.services.scores import ScoredImage
     from activeseg.core.tables import ImageScore
     from activeseg.jobs import score_pool
 
-    monkeypatch.setattr(score_pool, "SCORE_ROWS_PER_TRANSACTION", 4)
     pid = make_project(admin, n_classes=2)["id"]
     r = upload(admin, pid, ("chunks.png", image_bytes(8, 8, seed=141, rgb=False)))
     image_id = r.json()["data"][0]["image"]["id"]
     mv_id = _untrained(stack, pid)
     db = _db(stack)
-    batch_sizes: list[int] = []
+    statements: list[str] = []
 
     def record(conn: Any, cursor: Any, statement: str, params: Any, ctx: Any, many: bool) -> None:
-        if many and "region_scores" in statement:
-            batch_sizes.append(len(params))
+        if statement.lstrip().upper().startswith(("INSERT", "DELETE")):
+            statements.append(statement.split("(")[0].split(" WHERE")[0].strip())
 
     event.listen(db.engine, "before_cursor_execute", record)
     try:
         classes = np.array([0, 1] * 5)
         for offset, key in ((0.0, "first"), (1.0, "second")):
             values = {"entropy": np.arange(10.0) + offset, "margin": np.arange(10.0) / 10 + offset}
-            means = {name: float(v.mean()) for name, v in values.items()}
-            score_pool.write_image_scores(db, mv_id, image_id, values, classes, means, key)
+            item = ScoredImage.build(
+                image_id,
+                0,
+                values,
+                classes,
+                np.zeros((10, 2)),
+                np.ones(10, np.bool_),
+                ("superpixel", 16, 0.0),
+                means={name: float(v.mean()) for name, v in values.items()},
+                heatmap_key=key,
+            )
+            score_pool._write(db, mv_id, [item], "margin")
     finally:
         event.remove(db.engine, "before_cursor_execute", record)
-    assert batch_sizes == [4, 4, 2, 4, 4, 2] * 2
+    assert (
+        statements
+        == [
+            "DELETE FROM image_scores",
+            "DELETE FROM image_region_scores",
+            "INSERT INTO image_region_scores",
+            "INSERT INTO image_scores",
+        ]
+        * 2
+    )
     with db.read_session() as s:
-        rows = s.execute(
-            select(RegionScore.measure, RegionScore.region, RegionScore.value)
-            .where(RegionScore.model_version_id == mv_id, RegionScore.image_id == image_id)
-            .order_by(RegionScore.measure, RegionScore.region)
+        [row] = s.scalars(
+            select(ImageRegionScores).where(
+                ImageRegionScores.model_version_id == mv_id, ImageRegionScores.image_id == image_id
+            )
         ).all()
         images = s.execute(
-            select(ImageScore.measure, ImageScore.mean, ImageScore.heatmap_key)
-            .where(ImageScore.model_version_id == mv_id, ImageScore.image_id == image_id)
-            .order_by(ImageScore.measure)
+            select(ImageScore.measure, ImageScore.mean, ImageScore.heatmap_key).where(
+                ImageScore.model_version_id == mv_id, ImageScore.image_id == image_id
+            )
         ).all()
-    expected = [("entropy", r) for r in range(10)] + [("margin", r) for r in range(10)]
-    assert [(m, r) for m, r, _ in rows] == expected
-    values = np.concatenate([np.arange(10.0), np.arange(10.0) / 10]) + 1.0
-    np.testing.assert_allclose([v for _, _, v in rows], values)
-    assert [(m, k) for m, _, k in images] == [("entropy", "second"), ("margin", "second")]
-    np.testing.assert_allclose([mean for _, mean, _ in images], [5.5, 1.45])
+    stored = ScoredImage.from_row(row)
+    assert stored.measures == ["entropy", "margin"] and stored.n_regions == 10
+    np.testing.assert_array_equal(stored.scores[0], np.arange(10.0) + 1.0)
+    np.testing.assert_allclose(stored.scores[1], np.arange(10.0) / 10 + 1.0, rtol=1e-7)
+    assert stored.classes.tolist() == classes.tolist()
+    assert [(m, k) for m, _, k in images] == [("margin", "second")]
+    assert images[0][1] == pytest.approx(1.45)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,7 +350,7 @@ def _untrained(stack: Stack, project_id: int) -> int:
 
 
 def check_leases_while_scoring(embedded: Stack, tmp_path: Path, side: int) -> None:
-    """While a worker scores a side² superpixel image (SLIC, pooling, ~700k score rows),
+    """While a worker scores a side² superpixel image (SLIC, pooling, ~140k regions' scores),
     leases on another project answer 200 every time and their p99 stays below
     ``LEASE_SLACK_S`` + the p99 of the same loop without scoring (see LEASE_SLACK_S). Before
     issue 14 the job held SQLite's write lock through SLIC and the row insert: leases waited
@@ -383,16 +404,19 @@ def check_leases_while_scoring(embedded: Stack, tmp_path: Path, side: int) -> No
         f"{bound * 1000:.0f} ms = {LEASE_SLACK_S * 1000:.0f} ms + baseline p99; slowest: "
         f"{loaded.slowest()}"
     )
-    # The job did its whole work: one row per region and measure (5 softmax measures).
+    # The job did its whole work: one row holding every region's 5 softmax measures.
     with _db(embedded).read_session() as s:
         n_regions = s.scalar(select(RegionSet.n_regions).where(RegionSet.image_id == image_id))
-        rows = s.scalar(
-            select(func.count())
-            .select_from(RegionScore)
-            .where(RegionScore.model_version_id == mv_id, RegionScore.image_id == image_id)
-        )
+        rows = s.execute(
+            select(
+                ImageRegionScores.n_regions, ImageRegionScores.measures, ImageRegionScores.scores
+            ).where(
+                ImageRegionScores.model_version_id == mv_id, ImageRegionScores.image_id == image_id
+            )
+        ).all()
     assert n_regions is not None and n_regions > 1000
-    assert rows == 5 * n_regions
+    assert len(rows) == 1 and rows[0][0] == n_regions and len(rows[0][1]) == 5
+    assert len(rows[0][2]) == 5 * n_regions * 4  # float32
     print(
         f"lease p99: baseline {baseline.p99() * 1000:.1f} ms ({len(baseline.seconds)} leases), "
         f"while scoring {loaded.p99() * 1000:.1f} ms ({len(loaded.seconds)} leases, max "

@@ -14,12 +14,13 @@ from activeseg.core.services import tasks
 from activeseg.core.services.importer import import_dataset
 from activeseg.core.services.jobs import request_job
 from activeseg.core.services.regions import region_set
+from activeseg.core.services.scores import ScoredImage
 from activeseg.core.tables import (
+    ImageRegionScores,
     ImageScore,
     Job,
     ModelVersion,
     Project,
-    RegionScore,
     Round,
     Task,
     User,
@@ -134,11 +135,14 @@ def test_bootstrap_label_retrain_rescore_requeue(stack: Stack, project) -> None:
             )
         )
         assert pool == 16  # 20 images: 2 test, 2 val, 16 pool
-        measures = set(
-            s.scalars(
-                select(RegionScore.measure).where(RegionScore.model_version_id == mv_id).distinct()
+        rows = {
+            r.image_id: ScoredImage.from_row(r)
+            for r in s.scalars(
+                select(ImageRegionScores).where(ImageRegionScores.model_version_id == mv_id)
             )
-        )
+        }
+        assert len(rows) == 16  # one row per image, every measure in it
+        measures = set(next(iter(rows.values())).measures)
         assert {"entropy", "margin", "mutual_information", "variation_ratio"} <= measures
         # ... and built round 2 from the new scores, leased in the sampled order (priority =
         # minus the position), one of them a hidden control (control_fraction 0.1 of 12).
@@ -146,15 +150,11 @@ def test_bootstrap_label_retrain_rescore_requeue(stack: Stack, project) -> None:
         assert rnd is not None and rnd.model_version_id == mv_id and rnd.n_tasks == 12
         new = s.scalars(select(Task).where(Task.round_id == rnd.id)).all()
         for t in new:
-            score = s.scalar(
-                select(RegionScore.value).where(
-                    RegionScore.model_version_id == mv_id,
-                    RegionScore.measure == "mutual_information",
-                    RegionScore.image_id == t.image_id,
-                    RegionScore.region == t.regions[0],
-                )
-            )
-            assert score is not None
+            scored = rows[t.image_id]
+            score = scored.measure("mutual_information")
+            assert score is not None and np.isfinite(score[t.regions[0]])
+            # the task carries the model's majority class of its region
+            assert t.proposed_classes == [int(scored.classes[t.regions[0]])]
         assert sorted(t.priority for t in new) == [-float(i) for i in range(11, -1, -1)]
         assert sum(t.control for t in new) == 1
         # Regions labelled in round 1 are never queued again.

@@ -13,11 +13,18 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from activeseg.core.tables import RegionScore, RegionSet, Task
+from activeseg.core.services.scores import ScoredImage
+from activeseg.core.tables import ImageRegionScores, RegionSet, Task
 from activeseg.jobs.score_pool import _labelled_class_counts
 from activeseg.uncertainty.control import compare_error_rates
 from activeseg.uncertainty.pooling import class_weights_from_labels
-from activeseg.uncertainty.selection import draw_controls, interleave, select_regions
+from activeseg.uncertainty.regions import grid_regions
+from activeseg.uncertainty.selection import (
+    draw_controls,
+    hashed_gumbel,
+    interleave,
+    select_regions,
+)
 from tests.conftest import Stack
 from tests.integrations.helpers import add_scored_model, put_mask
 from tests.utils import build_queue_inline, grid_project, image_bytes, png_bytes, upload
@@ -48,20 +55,23 @@ def _scores(n_images: int) -> list[list[float]]:
 def _scored_model(
     stack: Stack, pid: int, ids: list[int], predictions: dict[int, np.ndarray]
 ) -> int:
+    """A scored model version: ``_scores`` as its stored entropy per grid tile (one
+    ``image_region_scores`` row per image, no chunk candidates: build_queue computes the
+    round from the rows)."""
     mv_id = add_scored_model(stack, pid, predictions, {i: 0.5 for i in ids})
+    centroids = grid_regions(SIDE, SIDE, TILE).centroids
     with stack.db.session() as s:  # type: ignore[attr-defined]
         for image_id, values in zip(ids, _scores(len(ids)), strict=True):
-            for region, value in enumerate(values):
-                s.add(
-                    RegionScore(
-                        model_version_id=mv_id,
-                        measure="entropy",
-                        image_id=image_id,
-                        region=region,
-                        value=value,
-                        predicted_class=0,
-                    )
-                )
+            item = ScoredImage.build(
+                image_id,
+                0,
+                {"entropy": np.asarray(values)},
+                np.zeros(4, np.int16),
+                centroids,
+                np.ones(4, np.bool_),
+                ("grid", TILE, 0.0),
+            )
+            s.add(ImageRegionScores(**item.row(mv_id)))
     return mv_id
 
 
@@ -69,18 +79,22 @@ def test_lease_order_is_the_sampled_order_with_hidden_controls(stack: Stack, adm
     pid = grid_project(admin, batch_size=8, control_fraction=0.5, seed=11)["id"]
     ids = _images(admin, pid, 3)
     zeros = {i: np.zeros((SIDE, SIDE), np.uint8) for i in ids}
-    _scored_model(stack, pid, ids, zeros)
+    mv_id = _scored_model(stack, pid, ids, zeros)
     build_queue_inline(stack, pid)
 
-    # The same draws, by hand: candidates image by image, region by region; one stream
-    # default_rng([seed, round number]) for the selection, the controls and their places.
+    # The same draws, by hand: candidates image by image, region by region (the scores as
+    # stored, float32); the selection's Gumbel noise and the control draw's are hashed from
+    # (seed, model version, image, region), streams 0 and 1; the controls' places come from
+    # default_rng([seed, round number]).
     cand = [(i, r) for i in ids for r in range(4)]
-    scores = np.asarray([v for row in _scores(3) for v in row])
+    scores = np.asarray([v for row in _scores(3) for v in row], np.float32).astype(np.float64)
     image_index = np.repeat(np.arange(3), 4)
-    rng = np.random.default_rng([11, 1])
-    picked = select_regions(scores, image_index, 4, strategy="power", seed=rng)
-    controls = draw_controls(scores, image_index, picked, 4, seed=rng)
-    order, is_control = interleave(picked, controls, seed=rng)
+    image_ids, regions = np.repeat(ids, 4), np.tile(np.arange(4), 3)
+    noise = hashed_gumbel(11, mv_id, image_ids, regions, 0)
+    picked = select_regions(scores, image_index, 4, strategy="power", noise=noise)
+    draw = hashed_gumbel(11, mv_id, image_ids, regions, 1)
+    controls = draw_controls(scores, image_index, picked, 4, noise=draw)
+    order, is_control = interleave(picked, controls, seed=np.random.default_rng([11, 1]))
     expected = [cand[k] for k in order.tolist()]
     top_k = np.argsort(-scores, kind="stable")[:4]
     assert picked.tolist() != top_k.tolist()  # this draw is not the top-k, and it is kept

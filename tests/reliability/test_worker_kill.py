@@ -26,12 +26,13 @@ from sqlalchemy import func, select
 
 from activeseg.client.simulate import annotate_queue
 from activeseg.core.tables import (
+    ImageRegionScores,
     ImageScore,
     Job,
     LabelRevision,
     ModelVersion,
-    RegionScore,
     Round,
+    ScoreCandidates,
     Task,
     WebhookDelivery,
 )
@@ -103,7 +104,10 @@ def counts(stack: Stack, pid: int) -> dict[str, int]:
     return {
         "model_versions": n(ModelVersion, ModelVersion.project_id == pid),
         "image_scores": n(ImageScore, ImageScore.model_version_id.in_(versions)),
-        "region_scores": n(RegionScore, RegionScore.model_version_id.in_(versions)),
+        "image_region_scores": n(
+            ImageRegionScores, ImageRegionScores.model_version_id.in_(versions)
+        ),
+        "score_candidates": n(ScoreCandidates, ScoreCandidates.model_version_id.in_(versions)),
         "rounds": n(Round, Round.project_id == pid),
         "tasks": n(Task, Task.project_id == pid),
         "label_revisions": n(LabelRevision, LabelRevision.task_id.in_(select(Task.id))),

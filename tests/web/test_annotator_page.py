@@ -23,17 +23,19 @@ from playwright.sync_api import expect
 from sqlalchemy import select
 
 from activeseg.core.services.jobs import request_job
+from activeseg.core.services.scores import ScoredImage
 from activeseg.core.tables import Image as ImageRow
 from activeseg.core.tables import (
+    ImageRegionScores,
     ImageScore,
     LabelRevision,
     ModelVersion,
     Project,
-    RegionScore,
     Task,
 )
 from activeseg.jobs.registry import inline_dispatcher
 from activeseg.jobs.score_pool import encode_heatmaps
+from activeseg.uncertainty.regions import grid_regions
 from tests.conftest import Stack
 from tests.utils import (
     build_queue_inline,
@@ -292,21 +294,24 @@ def scored(stack: Stack, admin: Any) -> dict[str, Any]:
                     prediction_key=key,
                 )
             )
+            values, region_class = [], []
             for region in range((SIZE // TILE) ** 2):
                 y0, x0 = TILE * (region // (SIZE // TILE)), TILE * (region % (SIZE // TILE))
                 tile = np.s_[y0 : y0 + TILE, x0 : x0 + TILE]
                 cls = int(np.bincount(classes[tile].ravel(), minlength=3).argmax())
                 proposed[image_id, region] = cls
-                s.add(
-                    RegionScore(
-                        model_version_id=mv.id,
-                        measure="entropy",
-                        image_id=image_id,
-                        region=region,
-                        value=float(unsure[tile].mean()),
-                        predicted_class=cls,
-                    )
-                )
+                values.append(float(unsure[tile].mean()))
+                region_class.append(cls)
+            item = ScoredImage.build(  # the image's region scores row, as score_pool writes it
+                image_id,
+                0,
+                {"entropy": np.asarray(values)},
+                np.asarray(region_class),
+                grid_regions(SIZE, SIZE, TILE).centroids,
+                np.ones(len(values), np.bool_),
+                ("grid", TILE, 0.0),
+            )
+            s.add(ImageRegionScores(**item.row(mv.id)))
         job, _ = request_job(s, project_id=pid, kind="build_queue", params={})
     inline_dispatcher(stack.db, stack.store, stack.settings)(job.id)  # type: ignore[arg-type]
     uid, token = make_user(admin, "annotator")

@@ -6,11 +6,11 @@ import hashlib
 import secrets
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.orm import Session
 
 from activeseg.core.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
-from activeseg.core.tables import ApiToken, Project, ProjectMember, Role, User
+from activeseg.core.tables import ApiToken, Project, ProjectMember, Role, Task, User
 
 TOKEN_PREFIX = "as_"
 # A reviewer may do what an annotator does, and review disputed tasks; engineers and admins
@@ -58,18 +58,101 @@ def revoke_token(session: Session, token_id: int, actor: User) -> ApiToken:
     return token
 
 
-def authenticate(session: Session, raw: str) -> User:
-    token = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(raw)))
-    if token is None:
+def _check_token(
+    user: User | None, revoked_at: datetime | None, expires_at: datetime | None
+) -> User:
+    if user is None:
         raise Unauthorized("invalid API token")
-    if token.revoked_at is not None:
+    if revoked_at is not None:
         raise Unauthorized("this API token has been revoked")
-    if token.expires_at is not None and token.expires_at <= datetime.now(UTC):
+    if expires_at is not None and expires_at <= datetime.now(UTC):
         raise Unauthorized("this API token has expired")
-    user = token.user
     if not user.active:
         raise Unauthorized("this user is deactivated")
     return user
+
+
+def authenticate(session: Session, raw: str) -> User:
+    """The user of API token ``raw`` (one query: the token row and its user)."""
+    row = session.execute(
+        select(User, ApiToken.revoked_at, ApiToken.expires_at)
+        .join(ApiToken, ApiToken.user_id == User.id)
+        .where(ApiToken.token_hash == hash_token(raw))
+    ).one_or_none()
+    return _check_token(*(row or (None, None, None)))
+
+
+# Built once (bound parameters): building it per request cost more than running it.
+_TOKEN_AND_PROJECT = (
+    select(User, ApiToken.revoked_at, ApiToken.expires_at, Project, ProjectMember.user_id)
+    .join(ApiToken, ApiToken.user_id == User.id)
+    .outerjoin(Project, Project.id == bindparam("project_id"))
+    .outerjoin(
+        ProjectMember,
+        and_(
+            ProjectMember.project_id == bindparam("project_id"),
+            ProjectMember.user_id == User.id,
+        ),
+    )
+    .where(ApiToken.token_hash == bindparam("token_hash"))
+)
+
+
+def authenticate_for_project(session: Session, raw: str, project_id: int) -> tuple[User, Project]:
+    """:func:`authenticate` and :func:`get_project_for` in one query (the hot annotation
+    routes: the token, its user, the project and the caller's membership), with the same
+    answers: 401 for a bad token first, then 404 for a project the caller may not see."""
+    row = session.execute(
+        _TOKEN_AND_PROJECT, {"project_id": project_id, "token_hash": hash_token(raw)}
+    ).one_or_none()
+    if row is None:
+        _check_token(None, None, None)
+    assert row is not None
+    user = _check_token(row[0], row[1], row[2])
+    project, membership = row[3], row[4]
+    if project is None or (user.role != Role.admin and membership is None):
+        # Same answer as a missing project: members of other projects learn nothing.
+        raise NotFound(f"project {project_id} not found")
+    return user, project
+
+
+# The task row is locked (FOR UPDATE OF tasks: the inner side of the joins; the token's rows
+# are on the outer side, so a task that exists is found whatever the token).
+_TASK_WITH_TOKEN = (
+    select(Task, Project, User, ApiToken.revoked_at, ApiToken.expires_at, ProjectMember.user_id)
+    .select_from(Task)
+    .join(Project, Project.id == Task.project_id)
+    .outerjoin(ApiToken, ApiToken.token_hash == bindparam("token_hash"))
+    .outerjoin(User, User.id == ApiToken.user_id)
+    .outerjoin(
+        ProjectMember,
+        and_(ProjectMember.project_id == Task.project_id, ProjectMember.user_id == User.id),
+    )
+    .where(Task.id == bindparam("task_id"))
+)
+_TASK_WITH_TOKEN_LOCKED = _TASK_WITH_TOKEN.with_for_update(of=Task).execution_options(
+    populate_existing=True
+)
+
+
+def authenticate_for_task(
+    session: Session, raw: str, task_id: int, lock: bool = True
+) -> tuple[User, Task, Project]:
+    """The token's user, the task (locked for this transaction with ``lock``) and its project,
+    in one query, with the answers of :func:`authenticate`, then a missing task (404), then
+    :func:`get_project_for` (404 for a project the caller may not see)."""
+    row = session.execute(
+        _TASK_WITH_TOKEN_LOCKED if lock else _TASK_WITH_TOKEN,
+        {"task_id": task_id, "token_hash": hash_token(raw)},
+    ).one_or_none()
+    if row is None:
+        authenticate(session, raw)  # a bad token is 401 before anything else
+        raise NotFound(f"task {task_id} not found")
+    task, project, user, revoked_at, expires_at, membership = row
+    user = _check_token(user, revoked_at, expires_at)
+    if user.role != Role.admin and membership is None:
+        raise NotFound(f"project {project.id} not found")
+    return user, task, project
 
 
 def has_role(user: User, role: Role) -> bool:

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-from sqlalchemy import update
+from sqlalchemy import Table, bindparam, update
 from sqlalchemy.orm import Session
 
 from activeseg.core.services.jobs import has_training_labels, request_job
 from activeseg.core.services.projects import project_settings
 from activeseg.core.tables import Job, Project
 
+# A Core statement on the table, built once: the ORM's bulk UPDATE (and its session
+# synchronisation) cost more than the statement on every submit.
+_projects: Table = Project.__table__  # type: ignore[assignment]
+_COUNT_LABEL = (
+    update(_projects)
+    .where(_projects.c.id == bindparam("project_id"))
+    .values(labels_since_retrain=_projects.c.labels_since_retrain + 1)
+)
+
 
 def count_labels(session: Session, project_id: int) -> None:
     """One more labelled task toward ``auto_retrain_every`` (the counter
     :func:`maybe_request_retrain` reads), in the transaction that stored it."""
-    session.execute(
-        update(Project)
-        .where(Project.id == project_id)
-        .values(labels_since_retrain=Project.labels_since_retrain + 1)
-    )
+    session.execute(_COUNT_LABEL, {"project_id": project_id})
 
 
 def maybe_request_retrain(session: Session, project: Project) -> Job | None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Select, and_, select
+from sqlalchemy import Select, and_, bindparam, select
 from sqlalchemy.orm import Session
 
 from activeseg.core.errors import NotFound
@@ -19,19 +20,55 @@ def unlabelled_mask(image: Image) -> np.ndarray:
     return np.full((image.height, image.width), 255, dtype=np.uint8)
 
 
+# Built once: the image row locked and read afresh, with the blob key of its current mask.
+_LOCKED_IMAGE = (
+    select(Image, LabelRevision.blob_key)
+    .outerjoin(
+        LabelRevision,
+        and_(LabelRevision.image_id == Image.id, LabelRevision.revision == Image.current_revision),
+    )
+    .where(Image.id == bindparam("image_id"))
+    # FOR NO KEY UPDATE: writers of the mask queue on each other, but not on the rows that
+    # merely reference the image (a region map or revision being inserted holds KEY SHARE on
+    # it). FOR UPDATE would conflict with those: two answers that each inserted a row
+    # referencing the image and then asked for the lock would deadlock.
+    .with_for_update(of=Image, key_share=True)
+    .execution_options(populate_existing=True)
+)
+
+
+@dataclass(frozen=True)
+class LockedImage:
+    """An image row locked for the transaction, and the blob key of its current mask (None
+    when it has no labels yet)."""
+
+    image: Image
+    mask_key: str | None
+
+    def mask(self, store: BlobStore) -> np.ndarray:
+        """uint8 [H, W]: its current mask (all 255 when it has none)."""
+        return read_mask(store, self.image, self.mask_key)
+
+
+def lock_image_and_mask(session: Session, image_id: int) -> LockedImage:
+    """:func:`lock_image`, and the key of the current mask in the same query."""
+    row = session.execute(_LOCKED_IMAGE, {"image_id": image_id}).one_or_none()
+    if row is None:
+        raise NotFound(f"image {image_id} not found")
+    image, key = row
+    if key is None and image.current_revision:
+        # The lock was waited for: PostgreSQL re-read the image row once the other writer
+        # committed, but the joined revision row comes from the statement's snapshot, taken
+        # before, where the new revision is not visible. Read it now.
+        key = get_revision(session, image).blob_key
+    return LockedImage(image, key)
+
+
 def lock_image(session: Session, image_id: int) -> Image:
     """The image row, locked for this transaction and read afresh: every writer of an image's
     labels (a task answer, a consensus, a review, a tool's annotation) takes it before it reads
     the current mask, so two read-modify-writes of one mask run one after the other."""
-    image = session.scalar(
-        select(Image)
-        .where(Image.id == image_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    if image is None:
-        raise NotFound(f"image {image_id} not found")
-    return image
+    return lock_image_and_mask(session, image_id).image
 
 
 def current_mask(session: Session, store: BlobStore, image: Image) -> np.ndarray:
@@ -106,8 +143,30 @@ def save_revision(
         )
         if done is not None:
             return done
-    locked = session.scalar(select(Image).where(Image.id == image.id).with_for_update())
-    assert locked is not None
+    return _store_revision(
+        session,
+        store,
+        lock_image(session, image.id),
+        mask,
+        source=source,
+        author_id=author_id,
+        task_id=task_id,
+        idempotency_key=idempotency_key,
+    )
+
+
+def _store_revision(
+    session: Session,
+    store: BlobStore,
+    locked: Image,
+    mask: np.ndarray,
+    *,
+    source: str,
+    author_id: int | None,
+    task_id: int | None,
+    idempotency_key: str | None,
+) -> LabelRevision:
+    """``mask`` as the next revision of ``locked`` (held by :func:`lock_image`)."""
     labelled = int(np.count_nonzero(mask != 255))
     key = store.put(encode_png(mask))
     rev = LabelRevision(
@@ -131,7 +190,7 @@ def save_revision(
 def save_window(
     session: Session,
     store: BlobStore,
-    image: Image,
+    image: Image | LockedImage,
     bbox: tuple[int, int, int, int],
     where: np.ndarray,
     window: np.ndarray,
@@ -142,16 +201,20 @@ def save_window(
     idempotency_key: str | None = None,
 ) -> LabelRevision:
     """The image's next revision: its current mask with the pixels ``where`` (bool, over
-    ``bbox`` = (y0, x0, y1, x1), end exclusive) set from ``window``. The caller holds
-    :func:`lock_image`."""
-    mask = current_mask(session, store, image).copy()
+    ``bbox`` = (y0, x0, y1, x1), end exclusive) set from ``window``. ``image`` is the caller's
+    :func:`lock_image` (the image row, or the :class:`LockedImage` with its mask key, which
+    spares a query)."""
+    if isinstance(image, LockedImage):
+        locked, mask = image.image, image.mask(store).copy()
+    else:
+        locked, mask = image, current_mask(session, store, image).copy()
     y0, x0, y1, x1 = bbox
     view = mask[y0:y1, x0:x1]
     view[where] = window[where]
-    return save_revision(
+    return _store_revision(
         session,
         store,
-        image,
+        locked,
         mask,
         source=source,
         author_id=author_id,

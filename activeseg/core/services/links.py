@@ -102,10 +102,14 @@ class SignablePath:
 # --- keys ----------------------------------------------------------------------------------
 
 
+# Built once: every lease signs its image links with the newest key.
+_NEWEST_KEY = (
+    select(LinkKey).where(LinkKey.revoked_at.is_(None)).order_by(LinkKey.id.desc()).limit(1)
+)
+
+
 def _newest_key(session: Session) -> LinkKey | None:
-    return session.scalar(
-        select(LinkKey).where(LinkKey.revoked_at.is_(None)).order_by(LinkKey.id.desc()).limit(1)
-    )
+    return session.scalar(_NEWEST_KEY)
 
 
 def signing_key(session: Session) -> LinkKey:

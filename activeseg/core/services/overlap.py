@@ -218,7 +218,7 @@ def add_answer(
     if task.agreement < threshold or not (agreed != UNLABELLED).any():
         task.state = TaskState.disputed.value  # held back from training
         return Answered(row, True, None)
-    image = labels.lock_image(session, task.image_id)
+    image = labels.lock_image_and_mask(session, task.image_id)
     decided = inside & (agreed != UNLABELLED)
     revision = labels.save_window(
         session,

@@ -9,11 +9,12 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from activeseg.core.db import Database
+from activeseg.core.errors import NotFound
 from activeseg.core.imaging import decode_image, display_image
 from activeseg.core.storage import BlobStore
 from activeseg.core.tables import Image, RegionSet
@@ -172,6 +173,42 @@ def region_set(
     if row.blob_key != key:
         return row, REGION_MAPS.get(store, row.blob_key)
     return row, regions
+
+
+# Built once (bound parameters): on the lease path, building it cost more than running it.
+_SIZE_AND_MAP = (
+    select(Image.width, Image.height, RegionSet.blob_key)
+    .outerjoin(
+        RegionSet,
+        and_(
+            RegionSet.image_id == Image.id,
+            RegionSet.kind == bindparam("kind"),
+            RegionSet.size == bindparam("size"),
+            RegionSet.sigma == bindparam("sigma"),
+        ),
+    )
+    .where(Image.id == bindparam("image_id"))
+)
+
+
+def task_region_map(
+    session: Session, store: BlobStore, image_id: int, kind: str, size: int, sigma: float = 0.0
+) -> tuple[int, int, RegionMap]:
+    """(width, height, region map) of an image for a request: one query when the map is
+    stored (always, for tasks build_queue made), and the decoded map from the process's cache;
+    otherwise as :func:`region_set` (computed and stored inside the caller's transaction)."""
+    sigma = region_sigma(kind, sigma)
+    found = session.execute(
+        _SIZE_AND_MAP, {"image_id": image_id, "kind": kind, "size": size, "sigma": sigma}
+    ).one_or_none()
+    if found is None:
+        raise NotFound(f"image {image_id} not found")
+    if found.blob_key is not None:
+        return found.width, found.height, REGION_MAPS.get(store, found.blob_key)
+    image = session.get(Image, image_id)
+    assert image is not None
+    _, regions = region_set(session, store, image, kind, size, sigma)
+    return found.width, found.height, regions
 
 
 def ensure_region_map(

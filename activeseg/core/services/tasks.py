@@ -5,11 +5,14 @@ This is where a task is leased: :func:`lease_next`.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Select, TextClause, and_, bindparam, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from activeseg.core.errors import Conflict, Invalid, NotFound
@@ -19,10 +22,9 @@ from activeseg.core.project_config import ProjectSettings
 from activeseg.core.services import labels, overlap
 from activeseg.core.services.auto_retrain import count_labels
 from activeseg.core.services.projects import project_settings
-from activeseg.core.services.regions import region_set
+from activeseg.core.services.regions import task_region_map
 from activeseg.core.storage import BlobStore
 from activeseg.core.tables import (
-    Image,
     ImageScore,
     LabelRevision,
     Project,
@@ -61,38 +63,99 @@ def expire_leases(session: Session, project_id: int | None = None, limit: int = 
     return len(ids)
 
 
-def lease_next(session: Session, project: Project, user: User, lease_seconds: int) -> Task | None:
-    """Lease the highest-priority queued task of ``project`` to ``user``, atomically.
-
-    PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED`` over the partial index ``ix_tasks_queue``
-    (a backward scan for ``priority DESC, id DESC``), so concurrent annotators never wait on
-    or receive the same row. SQLite: the session began with ``BEGIN IMMEDIATE``, so the
-    select-then-update runs under the database write lock and is atomic too.
-    """
-    expire_leases(session, project.id)
-    pick = (
-        select(Task)
-        .where(Task.project_id == project.id, Task.state == QUEUED)
-        .order_by(Task.priority.desc(), Task.id.desc())
-        .limit(1)
-    )
-    if project_settings(project).overlap > 1:  # never a region the caller answered already
+def _queue_pick(
+    project_id: int, user: User, overlap: int, lapsed_before: datetime | None
+) -> Select[int, float]:
+    """The best candidate of one kind: queued (``lapsed_before`` None) or a lease that lapsed
+    before ``lapsed_before``. Ordered as ``ix_tasks_queue`` (priority DESC, id DESC)."""
+    pick = select(Task.id, Task.priority).where(Task.project_id == project_id)
+    if lapsed_before is None:
+        pick = pick.where(Task.state == QUEUED)
+    else:
+        pick = pick.where(Task.state == LEASED, Task.lease_expires_at < lapsed_before)
+    if overlap > 1:  # never a region the caller answered already
         answered = select(TaskAnswer.id).where(
             TaskAnswer.task_id == Task.id,
             TaskAnswer.user_id == user.id,
             TaskAnswer.rejected_at.is_(None),  # a reviewer's rejection frees the region
         )
         pick = pick.where(~answered.exists())
+    return pick.order_by(Task.priority.desc(), Task.id.desc()).limit(1)
+
+
+_NOT_ANSWERED = (
+    "AND NOT EXISTS (SELECT 1 FROM task_answers a WHERE a.task_id = tasks.id "
+    "AND a.user_id = :uid AND a.rejected_at IS NULL)"
+)
+
+
+def _pg_lease(overlap: bool) -> TextClause:
+    # Written out rather than composed from ORM expressions: built once, its cache key is
+    # trivial, and it is the statement to read in EXPLAIN (ix_tasks_queue, backward).
+    not_answered = _NOT_ANSWERED if overlap else ""
+    return text(f"""
+        WITH fresh AS (
+            SELECT id, priority FROM tasks
+            WHERE project_id = :pid AND state = 'queued' {not_answered}
+            ORDER BY priority DESC, id DESC LIMIT 1 FOR UPDATE SKIP LOCKED
+        ), lapsed AS (
+            SELECT id, priority FROM tasks
+            WHERE project_id = :pid AND state = 'leased' AND lease_expires_at < :now
+                {not_answered}
+            ORDER BY priority DESC, id DESC LIMIT 1 FOR UPDATE SKIP LOCKED
+        )
+        UPDATE tasks SET state = 'leased', leased_by = :uid, leased_at = :now,
+            lease_expires_at = :until, lease_count = lease_count + 1
+        WHERE id = (
+            SELECT id FROM (SELECT id, priority FROM fresh
+                            UNION ALL SELECT id, priority FROM lapsed) AS candidates
+            ORDER BY priority DESC, id DESC LIMIT 1
+        )
+        RETURNING *
+    """)
+
+
+_PG_LEASE = (_pg_lease(False), _pg_lease(True))
+
+
+def lease_next(session: Session, project: Project, user: User, lease_seconds: int) -> Task | None:
+    """Lease the highest-priority queued task of ``project`` to ``user``, atomically.
+
+    PostgreSQL: one statement. Two ``SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1`` picks (the
+    best queued task, a backward scan of the partial index ``ix_tasks_queue``, and the best
+    task whose lease lapsed) feed an ``UPDATE ... RETURNING`` of the better one, so concurrent
+    annotators never wait on or receive the same row, and a lapsed lease is taken over at
+    once without a sweep first (the periodic sweep, :func:`expire_leases`, returns the rest
+    to the queue). SQLite: the session began with ``BEGIN IMMEDIATE``, so the sweep, the
+    select and the update run under the database write lock and are atomic too.
+    """
+    now, overlap = _now(), project_settings(project).overlap
+    values = {
+        "state": LEASED,
+        "leased_by": user.id,
+        "leased_at": now,
+        "lease_expires_at": now + timedelta(seconds=lease_seconds),
+        "lease_count": Task.lease_count + 1,
+    }
     if session.bind is not None and session.bind.dialect.name == "postgresql":
-        pick = pick.with_for_update(skip_locked=True)
-    task = session.scalar(pick)
+        stmt = select(Task).from_statement(_PG_LEASE[overlap > 1])
+        params = {
+            "pid": project.id,
+            "uid": user.id,
+            "now": now,
+            "until": values["lease_expires_at"],
+        }
+        return session.scalars(
+            stmt, params, execution_options={"populate_existing": True}
+        ).one_or_none()
+    expire_leases(session, project.id)
+    task = session.scalar(_queue_pick(project.id, user, overlap, None).with_only_columns(Task))
     if task is None:
         return None
-    now = _now()
     task.state = LEASED
     task.leased_by = user.id
     task.leased_at = now
-    task.lease_expires_at = now + timedelta(seconds=lease_seconds)
+    task.lease_expires_at = values["lease_expires_at"]  # type: ignore[assignment]
     task.lease_count += 1
     session.flush()
     return task
@@ -272,45 +335,46 @@ def submit(
         if key is not None
         else None
     )
-    query = select(Image).where(Image.id == task.image_id)
     if done is None:
         _may_submit(task, user)
-        # Lock the image row (and re-read it: populate_existing) *before* reading its current
-        # mask: two answers for regions of one image are read-modify-writes of the same mask,
-        # so the second must start from the first one's revision, not from a stale one (a
-        # lost update, or a duplicate revision number). A repeated request writes nothing.
-        query = query.with_for_update().execution_options(populate_existing=True)
-    image = session.scalar(query)
-    assert image is not None
-    _, regions = region_set(
-        session, store, image, task.region_kind, task.region_size, task.region_sigma
+        # Lock the image row (and re-read it) *before* reading its current mask: two answers
+        # for regions of one image are read-modify-writes of the same mask, so the second
+        # must start from the first one's revision, not from a stale one (a lost update, or a
+        # duplicate revision number). A repeated request writes nothing.
+        locked = labels.lock_image_and_mask(session, task.image_id)
+        width, height = locked.image.width, locked.image.height
+    else:
+        width, height = 0, 0  # read with the region map
+    w, h, regions = task_region_map(
+        session, store, task.image_id, task.region_kind, task.region_size, task.region_sigma
     )
     answer = read_answer(task, regions, len(project.classes), sub)
     if done is not None:
         _same_answer_or_refuse(store, task, done, answer)
         return done, False
     y0, x0, y1, x1 = answer.bbox
-    prediction = _queuing_prediction(session, store, task, image)
-    task.answered_pixels, task.model_wrong_pixels = answer_errors(
-        answer.window, None if prediction is None else prediction[y0:y1, x0:x1]
-    )
-    task.clicks = answer.clicks
-    rev = labels.save_window(
-        session,
-        store,
-        image,
-        answer.bbox,
-        answer.inside,
-        answer.window,
-        source="task",
-        author_id=user.id,
-        task_id=task.id,
-        idempotency_key=key,
-    )
-    task.state = TaskState.submitted.value
-    task.submitted_at = _now()
-    task.submitted_by = user.id
-    task.lease_expires_at = None
+    prediction = _queuing_prediction(session, store, task, (height or h, width or w))
+    with session.no_autoflush:  # one flush, at commit: the task's row is written once
+        task.answered_pixels, task.model_wrong_pixels = answer_errors(
+            answer.window, None if prediction is None else prediction[y0:y1, x0:x1]
+        )
+        task.clicks = answer.clicks
+        task.state = TaskState.submitted.value
+        task.submitted_at = _now()
+        task.submitted_by = user.id
+        task.lease_expires_at = None
+        rev = labels.save_window(
+            session,
+            store,
+            locked,
+            answer.bbox,
+            answer.inside,
+            answer.window,
+            source="task",
+            author_id=user.id,
+            task_id=task.id,
+            idempotency_key=key,
+        )  # flushes the revision, the image and the task
     count_labels(session, project.id)
     return rev, True
 
@@ -326,11 +390,11 @@ def _submit_overlapping(
 ) -> tuple[LabelRevision | None, bool]:
     """overlap > 1: the answer is one of k (activeseg.core.services.overlap); the revision is
     the consensus, made with the k-th answer when the answers agree enough."""
-    # The image row first, as in submit: answers for regions of one image (and the region
-    # map a first answer may have to store) are made one at a time.
-    image = labels.lock_image(session, task.image_id)
-    _, regions = region_set(
-        session, store, image, task.region_kind, task.region_size, task.region_sigma
+    # The task row is locked (the caller's query): answers to one task are made one at a
+    # time. The image row is locked only by the answer that writes the consensus into the
+    # mask (overlap.add_answer), as every writer of an image's labels does.
+    _, _, regions = task_region_map(
+        session, store, task.image_id, task.region_kind, task.region_size, task.region_sigma
     )
     answer = read_answer(task, regions, len(project.classes), sub)
     done = overlap.already_answered(session, task, user)
@@ -354,27 +418,62 @@ def _submit_overlapping(
     return result.revision, result.created
 
 
+_HEATMAP_KEY = (
+    select(ImageScore.heatmap_key)
+    .where(
+        ImageScore.model_version_id == bindparam("model_version_id"),
+        ImageScore.image_id == bindparam("image_id"),
+    )
+    .limit(1)
+)
+
+
 def _queuing_prediction(
-    session: Session, store: BlobStore, task: Task, image: Image
+    session: Session, store: BlobStore, task: Task, shape: tuple[int, int]
 ) -> np.ndarray | None:
-    """uint8 ``[H, W]`` classes predicted for ``image`` by the model version that queued
-    ``task`` (from its score blob), or None: no model (a random round), or no stored scores."""
+    """uint8 ``[H, W]`` classes predicted for the task's image (of ``shape``) by the model
+    version that queued ``task`` (from its score blob), or None: no model (a random round),
+    or no stored scores. Decoded maps are cached by blob key (content-addressed: an entry
+    never goes stale), so the answers to one image's regions decode it once."""
     if task.model_version_id is None:
         return None
     key = session.scalar(
-        select(ImageScore.heatmap_key)
-        .where(
-            ImageScore.model_version_id == task.model_version_id,
-            ImageScore.image_id == image.id,
-        )
-        .limit(1)
+        _HEATMAP_KEY, {"model_version_id": task.model_version_id, "image_id": task.image_id}
     )
     if key is None:
         return None
-    prediction = decode_heatmaps(store.get(key), ["prediction"]).get("prediction")
-    if prediction is None or prediction.shape != (image.height, image.width):
+    prediction = PREDICTIONS.get(store, key)
+    if prediction is None or prediction.shape != shape:
         return None
     return prediction
+
+
+class _PredictionCache:
+    """Decoded ``prediction`` maps of score blobs by key, least recently used first out,
+    bounded by bytes."""
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.maps: OrderedDict[str, np.ndarray | None] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, store: BlobStore, key: str) -> np.ndarray | None:
+        with self.lock:
+            if key in self.maps:
+                self.maps.move_to_end(key)
+                return self.maps[key]
+        found = decode_heatmaps(store.get(key), ["prediction"]).get("prediction")
+        with self.lock:
+            if key not in self.maps:
+                self.maps[key] = found
+                self.bytes += 0 if found is None else found.nbytes
+                while self.bytes > self.max_bytes and len(self.maps) > 1:
+                    _, old = self.maps.popitem(last=False)
+                    self.bytes -= 0 if old is None else old.nbytes
+        return found
+
+
+PREDICTIONS = _PredictionCache()
 
 
 def queue_counts(session: Session, project_id: int) -> dict[str, int]:
@@ -386,6 +485,28 @@ def queue_counts(session: Session, project_id: int) -> dict[str, int]:
     counts = {s.value: 0 for s in TaskState}
     counts.update({state: n for state, n in rows})
     return counts
+
+
+QUEUE_COUNTS_TTL_S = 1.0
+"""How old the queue counts of a lease payload may be (per process and project)."""
+_queue_counts: dict[tuple[str, int], tuple[float, dict[str, int]]] = {}
+
+
+def recent_queue_counts(session: Session, project_id: int) -> dict[str, int]:
+    """:func:`queue_counts` for display in a lease payload ("12 queued · 3 leased"), at most
+    ``QUEUE_COUNTS_TTL_S`` old. The count is a GROUP BY over the project's tasks: on every
+    lease it was a third of the lease's database work at 1,000 tasks and grew with the
+    project. ``GET /projects/{id}/queue`` is always exact."""
+    key = (
+        str(session.get_bind().engine.url),
+        project_id,
+    )  # one process may serve several databases
+    now = time.monotonic()
+    hit = _queue_counts.get(key)
+    if hit is None or now - hit[0] > QUEUE_COUNTS_TTL_S:
+        hit = (now, queue_counts(session, project_id))
+        _queue_counts[key] = hit
+    return dict(hit[1])
 
 
 def open_region_keys(
