@@ -142,9 +142,11 @@ class ProjectSettings(BaseModel):
         le=2**32 - 1,
         description=(
             "seed of every random draw of the project outside training: the import split "
-            "(a permutation seeded with it) and each round's queue (selection sampling, "
-            "control draw, their interleaving) from np.random.default_rng([seed, round "
-            "number]); two projects with different seeds draw different queues"
+            "(a permutation seeded with it) and each round's queue: with a model, the "
+            "selection and control keys are hashed from (seed, model version, image, "
+            "region) and the interleaving drawn from np.random.default_rng([seed, round "
+            "number]); day-one random rounds draw from that generator too; two projects "
+            "with different seeds draw different queues"
         ),
     )
     slic_sigma: float = Field(
