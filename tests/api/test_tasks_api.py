@@ -61,6 +61,42 @@ def test_leases_follow_priority_then_204(stack: Stack, queued) -> None:  # type:
         assert c.get(f"/projects/{pid}/queue").json()["leased"] == 6
 
 
+def test_lease_payload_counts_show_this_annotators_moves(
+    stack: Stack, queued, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The payload's counts are kept between counts (activeseg.core.services.tasks), but every
+    lease, submit, skip and release this process makes is applied to them: with counts kept
+    for an hour, each payload still matches GET /queue exactly."""
+    from activeseg.core.services import tasks as task_service
+
+    monkeypatch.setattr(task_service, "QUEUE_COUNTS_TTL_S", 3600.0)
+    pid = queued["pid"]
+    with stack.client(queued["ann"][0]) as c:
+
+        def lease() -> dict[str, Any]:
+            r = c.post(f"/projects/{pid}/tasks/next")
+            assert r.status_code == 200, r.text
+            body: dict[str, Any] = r.json()
+            exact = c.get(f"/projects/{pid}/queue").json()
+            shown = body["queue"]
+            assert shown == {k: exact[k] for k in shown}
+            return body
+
+        first = lease()["task"]
+        assert lease()["queue"]["leased"] == 2  # a second lease, counted by its move
+        region = first["regions"][0]
+        sub = c.post(f"/tasks/{first['id']}/submit", json={"classes": {str(region): 1}})
+        assert sub.status_code == 201, sub.text
+        third = lease()
+        assert (third["queue"]["submitted"], third["queue"]["leased"]) == (1, 2)
+        assert c.post(f"/tasks/{third['task']['id']}/skip", json={"reason": "unclear"}).is_success
+        assert c.post(f"/tasks/{third['task']['id']}/release").status_code == 409  # skipped
+        fourth = lease()
+        assert (fourth["queue"]["skipped"], fourth["queue"]["queued"]) == (1, 2)
+        assert c.post(f"/tasks/{fourth['task']['id']}/release").is_success
+        assert lease()["queue"]["queued"] == 2
+
+
 def test_lease_payload_and_region_answer_make_the_exact_mask(stack: Stack, queued) -> None:  # type: ignore[no-untyped-def]
     pid = queued["pid"]
     with stack.client(queued["ann"][0]) as c:

@@ -145,13 +145,17 @@ def lease_next(session: Session, project: Project, user: User, lease_seconds: in
             "now": now,
             "until": values["lease_expires_at"],
         }
-        return session.scalars(
+        leased = session.scalars(
             stmt, params, execution_options={"populate_existing": True}
         ).one_or_none()
+        if leased is not None:  # most leases take a queued task (a lapsed one: the next count)
+            _moved(session, project.id, QUEUED, LEASED)
+        return leased
     expire_leases(session, project.id)
     task = session.scalar(_queue_pick(project.id, user, overlap, None).with_only_columns(Task))
     if task is None:
         return None
+    _moved(session, project.id, task.state, LEASED)
     task.state = LEASED
     task.leased_by = user.id
     task.leased_at = now
@@ -188,6 +192,7 @@ def heartbeat(session: Session, task: Task, user: User, lease_seconds: int) -> T
 def release(session: Session, task: Task, user: User) -> Task:
     _own_live_lease(task, user)
     task.state, task.leased_by, task.leased_at, task.lease_expires_at = QUEUED, None, None, None
+    _moved(session, task.project_id, LEASED, QUEUED)
     return task
 
 
@@ -195,6 +200,7 @@ def skip(session: Session, task: Task, user: User, reason: str) -> Task:
     """A region that cannot be labelled (unclear, not this project) leaves the queue."""
     _own_live_lease(task, user)
     task.state = TaskState.skipped.value
+    _moved(session, task.project_id, LEASED, task.state)
     task.skip_reason = reason
     task.submitted_by = user.id
     task.submitted_at = _now()
@@ -359,6 +365,7 @@ def submit(
             answer.window, None if prediction is None else prediction[y0:y1, x0:x1]
         )
         task.clicks = answer.clicks
+        _moved(session, project.id, task.state, TaskState.submitted.value)
         task.state = TaskState.submitted.value
         task.submitted_at = _now()
         task.submitted_by = user.id
@@ -402,6 +409,7 @@ def _submit_overlapping(
         overlap.repeat_or_refuse(store, task, done, answer.window, answer.inside)
         return None, False
     _may_submit(task, user)
+    before = task.state
     result = overlap.add_answer(
         session,
         store,
@@ -415,6 +423,7 @@ def _submit_overlapping(
         k=settings.overlap,
         threshold=settings.agreement_threshold,
     )
+    _moved(session, project.id, before, task.state)
     return result.revision, result.created
 
 
@@ -488,25 +497,47 @@ def queue_counts(session: Session, project_id: int) -> dict[str, int]:
 
 
 QUEUE_COUNTS_TTL_S = 1.0
-"""How old the queue counts of a lease payload may be (per process and project)."""
+"""How long the queue counts of a lease payload are kept per process and project before they
+are counted again; in between, the moves this process makes are applied to them."""
 _queue_counts: dict[tuple[str, int], tuple[float, dict[str, int]]] = {}
+_queue_counts_lock = threading.Lock()
+
+
+def _counts_key(session: Session, project_id: int) -> tuple[str, int]:
+    return (str(session.get_bind().engine.url), project_id)  # one process, several databases
 
 
 def recent_queue_counts(session: Session, project_id: int) -> dict[str, int]:
-    """:func:`queue_counts` for display in a lease payload ("12 queued · 3 leased"), at most
-    ``QUEUE_COUNTS_TTL_S`` old. The count is a GROUP BY over the project's tasks: on every
-    lease it was a third of the lease's database work at 1,000 tasks and grew with the
-    project. ``GET /projects/{id}/queue`` is always exact."""
-    key = (
-        str(session.get_bind().engine.url),
-        project_id,
-    )  # one process may serve several databases
+    """:func:`queue_counts` for display in a lease payload ("12 queued · 3 leased").
+
+    The count is a GROUP BY over the project's tasks: on every lease it was a third of the
+    lease's database work at 1,000 tasks and grew with the project. So it is counted at most
+    every ``QUEUE_COUNTS_TTL_S`` per process, and every move this process makes (a lease, a
+    submit, a skip, a release: :func:`_moved`) is applied to the kept counts, so one annotator
+    sees their own work at once; other processes' moves show within ``QUEUE_COUNTS_TTL_S``.
+    ``GET /projects/{id}/queue`` is always exact."""
+    key = _counts_key(session, project_id)
     now = time.monotonic()
-    hit = _queue_counts.get(key)
-    if hit is None or now - hit[0] > QUEUE_COUNTS_TTL_S:
-        hit = (now, queue_counts(session, project_id))
-        _queue_counts[key] = hit
-    return dict(hit[1])
+    with _queue_counts_lock:
+        hit = _queue_counts.get(key)
+        if hit is not None and now - hit[0] <= QUEUE_COUNTS_TTL_S:
+            return dict(hit[1])
+    counts = queue_counts(session, project_id)
+    with _queue_counts_lock:
+        _queue_counts[key] = (now, counts)
+    return dict(counts)
+
+
+def _moved(session: Session, project_id: int, before: str, after: str) -> None:
+    """Apply one task's move from state ``before`` to ``after`` to the kept counts."""
+    if before == after:
+        return
+    with _queue_counts_lock:
+        hit = _queue_counts.get(_counts_key(session, project_id))
+        if hit is not None:
+            counts = hit[1]
+            counts[before] = max(0, counts.get(before, 0) - 1)
+            counts[after] = counts.get(after, 0) + 1
 
 
 def open_region_keys(
