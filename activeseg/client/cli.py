@@ -310,10 +310,10 @@ def _create_demo(session: Session, token_file: Path) -> tuple[int, int]:
     from sqlalchemy import select
 
     from activeseg.core.services import auth
-    from activeseg.core.services.importer import import_dataset
     from activeseg.core.services.jobs import request_job
     from activeseg.core.storage import open_store
     from activeseg.core.tables import User
+    from activeseg.datasets.importer import import_dataset
     from activeseg.datasets.registry import load_dataset
 
     admin = session.scalar(select(User).where(User.name == "admin"))

@@ -207,8 +207,8 @@ def setup_project(
 ) -> tuple[int, dict[int, np.ndarray]]:
     """Create the project over HTTP; upload images (one request per split and batch); val/test
     images get their masks. The split is the one ``activeseg`` import makes for ``seed``: a
-    seeded permutation (:func:`activeseg.core.services.importer.splits_for`)."""
-    from activeseg.core.services.importer import splits_for
+    seeded permutation (:func:`activeseg.datasets.importer.splits_for`)."""
+    from activeseg.datasets.importer import splits_for
     from activeseg.datasets.registry import load_dataset
 
     dataset = load_dataset(cfg.dataset, count=cfg.count, seed=seed)

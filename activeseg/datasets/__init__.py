@@ -1,4 +1,8 @@
-"""Dataset importers (numpy only): each yields ``Sample(name, image, mask)`` and lists classes."""
+"""Dataset importers: each yields ``Sample(name, image, mask)`` and lists classes.
+
+``activeseg.datasets.importer`` builds a project from one (through core's services); it is not
+imported here, so reading a dataset needs no database.
+"""
 
 from activeseg.datasets.base import IGNORE_INDEX, ClassDef, Dataset, Sample, to_uint8
 from activeseg.datasets.digits import digits

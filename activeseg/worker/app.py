@@ -77,12 +77,6 @@ def maintenance_expiry_s(interval_s: float) -> float:
     return max(MAINTENANCE_EXPIRY_MIN_S, 3 * interval_s)
 
 
-def task_name(kind: str) -> str:
-    """The Celery task name of a job kind (the API dispatches by name, never importing the
-    job code and its torch dependency)."""
-    return f"activeseg.{kind}"
-
-
 def make_celery(settings: Settings | None = None) -> Celery:
     app = Celery("activeseg")
     app.conf.update(celery_config(settings or get_settings()))

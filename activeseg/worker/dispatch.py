@@ -13,7 +13,6 @@ from activeseg.core.db import Database
 from activeseg.core.services.jobs import mark_dispatched, request_job, undispatched
 from activeseg.core.services.tasks import expire_leases
 from activeseg.core.tables import Job, JobState
-from activeseg.worker.app import task_name
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +20,12 @@ log = logging.getLogger(__name__)
 # sweep_orphan_blobs.py): listing a whole bucket every few seconds would cost more than orphans.
 ORPHAN_SWEEP_EVERY_S = 3600.0
 ORPHAN_SWEEP_KIND = "sweep_orphan_blobs"
+
+
+def task_name(kind: str) -> str:
+    """The Celery task name of a job kind (the API dispatches by name, never importing the
+    job code and its torch dependency)."""
+    return f"activeseg.{kind}"
 
 
 def dispatch(db: Database, celery: Celery, job_id: int) -> bool:

@@ -1,8 +1,10 @@
-"""Per-process resources of a worker: the database and the blob store, created lazily."""
+"""Per-process resources of a worker: the database and the blob store, created lazily.
+
+Imports nothing else of ``activeseg.worker``: the app resets it after a fork, and the task
+shells (``worker.tasks``) combine it with the app and dispatch."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import lru_cache
 
 from activeseg.core.db import Database
@@ -24,12 +26,3 @@ def reset_after_fork() -> None:
     if database.cache_info().currsize:
         database().engine.dispose(close=False)
     database.cache_clear()
-
-
-def dispatcher() -> Callable[[int], bool]:
-    """Dispatch follow-up jobs through this worker's own Celery app."""
-    from activeseg.worker.app import celery_app
-    from activeseg.worker.dispatch import dispatch
-
-    db = database()
-    return lambda job_id: dispatch(db, celery_app, job_id)

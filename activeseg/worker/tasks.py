@@ -12,7 +12,8 @@ from activeseg.core.settings import get_settings
 from activeseg.jobs.registry import JOB_FUNCTIONS
 from activeseg.jobs.runner import TRANSIENT, JobBusy, JobFunction, run_job
 from activeseg.worker import runtime
-from activeseg.worker.app import celery_app, task_name
+from activeseg.worker.app import celery_app
+from activeseg.worker.dispatch import dispatch, run_maintenance, task_name
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def job_task(kind: str) -> Callable[[JobFunction], Task]:
                     get_settings(),
                     job_id,
                     fn,
-                    runtime.dispatcher(),
+                    _dispatcher(),
                 )
             except JobBusy as exc:
                 countdown = get_settings().job_stale_after_s
@@ -50,14 +51,18 @@ def job_task(kind: str) -> Callable[[JobFunction], Task]:
     return decorate
 
 
+def _dispatcher() -> Callable[[int], bool]:
+    """Dispatch follow-up jobs through this worker's own Celery app."""
+    db = runtime.database()
+    return lambda job_id: dispatch(db, celery_app, job_id)
+
+
 SHELLS = {kind: job_task(kind)(fn) for kind, fn in JOB_FUNCTIONS.items()}
 
 
 @celery_app.task(name="activeseg.maintenance")
 def maintenance() -> dict[str, int]:
     """Periodic: dispatch jobs the broker never got (outbox) and revive jobs of dead workers."""
-    from activeseg.worker.dispatch import run_maintenance
-
     settings = get_settings()
     return run_maintenance(
         runtime.database(),

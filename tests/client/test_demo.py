@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from activeseg.client.cli import DEMO_FIRST_MODEL_S
-from activeseg.core.services.importer import splits_for
 from activeseg.core.tables import Split
+from activeseg.datasets.importer import splits_for
 from tests.client.test_serve_signals import Serve, demo_ids, serves, start
 
 __all__ = ["serves"]  # the fixture, used by name

@@ -21,8 +21,8 @@ from activeseg.client.simulate import (
     setup_project,
 )
 from activeseg.core.project_config import ProjectSettings
-from activeseg.core.services.importer import splits_for
 from activeseg.core.tables import Split
+from activeseg.datasets.importer import splits_for
 from activeseg.datasets.registry import load_dataset
 from tests.conftest import Stack
 from tests.utils import build_queue_inline

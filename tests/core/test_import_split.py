@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from activeseg.core.services.importer import split_for, splits_for
 from activeseg.core.tables import Split
+from activeseg.datasets.importer import split_for, splits_for
 
 
 def test_one_seed_one_split_two_seeds_two_splits() -> None:

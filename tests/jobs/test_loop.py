@@ -11,7 +11,6 @@ from sqlalchemy import func, select
 
 from activeseg.core.project_config import ModelSettings, ProjectSettings
 from activeseg.core.services import tasks
-from activeseg.core.services.importer import import_dataset
 from activeseg.core.services.jobs import request_job
 from activeseg.core.services.regions import region_set
 from activeseg.core.services.scores import ScoredImage
@@ -26,6 +25,7 @@ from activeseg.core.tables import (
     User,
 )
 from activeseg.datasets.digits import digits
+from activeseg.datasets.importer import import_dataset
 from activeseg.jobs.registry import inline_dispatcher
 from tests.conftest import Stack
 from tests.utils import unique

@@ -196,8 +196,8 @@ def test_no_switch_no_change_and_digits_keep_shift_and_intensity_only() -> None:
 
 
 def test_import_applies_dataset_defaults_unless_the_project_sets_them() -> None:
-    from activeseg.core.services.importer import with_dataset_defaults
     from activeseg.datasets.digits import digits
+    from activeseg.datasets.importer import with_dataset_defaults
 
     dataset = digits(1)
     plain = with_dataset_defaults(ProjectSettings(), dataset)

@@ -15,10 +15,10 @@ from sqlalchemy import select
 
 from activeseg.client.simulate import write_csv
 from activeseg.core.project_config import ModelSettings, ProjectSettings
-from activeseg.core.services.importer import import_dataset
 from activeseg.core.services.jobs import request_job
 from activeseg.core.tables import Job, ModelVersion, User
 from activeseg.datasets.digits import digits
+from activeseg.datasets.importer import import_dataset
 from activeseg.jobs.registry import inline_dispatcher
 from activeseg.reports.detection import detection_verdict
 from tests.conftest import Stack

@@ -1,4 +1,9 @@
-"""Building a project from a dataset (``digits``, ``nuclei``, ``folder:PATH``)."""
+"""Building a project from a dataset (``digits``, ``nuclei``, ``folder:PATH``).
+
+Here rather than in ``core.services``: it reads a :class:`~activeseg.datasets.base.Dataset`
+and calls core's services, and ``datasets`` sits above ``core`` in the layers (pyproject.toml,
+``[tool.importlinter]``), so core never imports a dataset.
+"""
 
 from __future__ import annotations
 
