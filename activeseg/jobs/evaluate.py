@@ -24,14 +24,13 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from activeseg.core.services.models import load_predictor
 from activeseg.core.services.projects import project_settings
 from activeseg.core.services.regions import compute_region_map
+from activeseg.core.services.reports import latest_baseline_key
 from activeseg.core.tables import (
     Image,
-    Job,
     ModelState,
     ModelVersion,
     Project,
@@ -46,8 +45,6 @@ from activeseg.jobs.runner import JobContext
 log = logging.getLogger(__name__)
 
 HELD_OUT_SPLITS = (Split.val.value, Split.test.value)
-BASELINE_LOOKBACK = 500
-"""Most recent evaluate jobs searched for an attached baseline."""
 
 
 def _held_out(
@@ -122,32 +119,6 @@ def _history(ctx: JobContext, project_id: int, mv: ModelVersion) -> tuple[list[d
                 }
             )
     return out, int(total or 0)
-
-
-def latest_baseline_key(session: Session, project_id: int) -> str | None:
-    """Blob key of the baseline CSV most recently attached to the project, or None."""
-    for params in session.scalars(
-        select(Job.params)
-        .where(Job.project_id == project_id, Job.kind == "evaluate")
-        .order_by(Job.id.desc())
-        .limit(BASELINE_LOOKBACK)
-    ):
-        if isinstance(params, dict) and params.get("baseline_key"):
-            return str(params["baseline_key"])
-    return None
-
-
-def latest_report_job(session: Session, mv: ModelVersion) -> Job | None:
-    """The most recent evaluate job of model version ``mv``, or None."""
-    for job in session.scalars(
-        select(Job)
-        .where(Job.project_id == mv.project_id, Job.kind == "evaluate")
-        .order_by(Job.id.desc())
-        .limit(BASELINE_LOOKBACK)
-    ):
-        if isinstance(job.params, dict) and job.params.get("model_version_id") == mv.id:
-            return job
-    return None
 
 
 def _baseline(

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,11 +13,7 @@ from activeseg.api.errors import error_responses
 from activeseg.api.routes.jobs import start_job
 from activeseg.api.schemas import MAX_ROW_ID, NO_NUL, JobPublic, Page, RowId
 from activeseg.core.errors import NotFound
-from activeseg.core.heatmaps import decode_heatmaps
-from activeseg.core.imaging import decode_image, display_image, encode_png
-from activeseg.core.render import colourise, heat_colours, overlay
-from activeseg.core.services import auth, jobs, links, models, rounds
-from activeseg.core.tables import ImageScore, ModelVersion, Project
+from activeseg.core.services import auth, jobs, links, models, rounds, score_images
 
 router = APIRouter(tags=["active learning"], responses=error_responses(403, 404, 409))
 
@@ -156,16 +151,10 @@ def score(
         mv_id = body.model_version_id or project.active_model_id
         if mv_id is None:
             raise NotFound("this project has no model version yet; POST /retrain first")
-        _check_version(s, project, mv_id)
+        models.check_version_of(s, project, mv_id)
     return _request(
         request, db, user, project_id, "score_pool", {"model_version_id": mv_id}, body.request_id
     )
-
-
-def _check_version(s: Any, project: Project, mv_id: int) -> None:
-    mv = s.get(ModelVersion, mv_id)
-    if mv is None or mv.project_id != project.id:
-        raise NotFound(f"model version {mv_id} is not a version of project {project.id}")
 
 
 @router.post(
@@ -215,11 +204,7 @@ def list_models(project_id: RowId, user: CurrentUser, db: DbDep) -> Page[ModelPu
 def get_model(model_id: RowId, user: CurrentUser, db: DbDep) -> ModelPublic:
     with db.session() as s:
         mv = models.get_model_for(s, user, model_id)
-        project = s.get(Project, mv.project_id)
-        assert project is not None
-        return ModelPublic.model_validate(mv).model_copy(
-            update={"active": project.active_model_id == mv.id}
-        )
+        return ModelPublic.model_validate(mv).model_copy(update={"active": models.is_active(s, mv)})
 
 
 @router.post("/models/{model_id}/activate", response_model=ModelPublic)
@@ -228,20 +213,6 @@ def activate_model(model_id: RowId, user: Engineer, db: DbDep) -> ModelPublic:
         mv = models.get_model_for(s, user, model_id)
         models.activate(s, mv)
         return ModelPublic.model_validate(mv).model_copy(update={"active": True})
-
-
-def _latest_scores(s: Any, image_id: int, project: Project) -> ImageScore | None:
-    from sqlalchemy import select
-
-    if project.active_model_id is None:
-        return None
-    return s.scalar(
-        select(ImageScore)
-        .where(
-            ImageScore.image_id == image_id, ImageScore.model_version_id == project.active_model_id
-        )
-        .limit(1)
-    )
 
 
 @router.get(
@@ -260,20 +231,9 @@ def uncertainty_png(
     """The active model's uncertainty heatmap of the image (inferno colours, bright = unsure),
     optionally blended over the image. Opens with a token or a signed link (POST /links)."""
     with db.session() as s:
-        image = links.image_for(s, who, image_id)
-        project = s.get(Project, image.project_id)
-        assert project is not None
-        row = _latest_scores(s, image_id, project)
-    if row is None:
-        raise NotFound(f"image {image_id} has not been scored by the active model yet")
-    maps = decode_heatmaps(store.get(row.heatmap_key))
-    if measure not in maps or measure == "prediction":
-        known = sorted(k for k in maps if k != "prediction")
-        raise NotFound(f"measure {measure!r} was not computed; available: {', '.join(known)}")
-    rgb = heat_colours(maps[measure].astype(np.float32))
-    if overlay_image:
-        rgb = overlay(display_image(decode_image(store.get(image.blob_key))), rgb, alpha=0.55)
-    return Response(encode_png(rgb), media_type="image/png", headers=link_headers(who))
+        scores = score_images.active_scores(s, links.image_for(s, who, image_id))
+    body = score_images.uncertainty_png(store, scores, measure, overlay_image)
+    return Response(body, media_type="image/png", headers=link_headers(who))
 
 
 @router.get(
@@ -291,14 +251,6 @@ def prediction_png(
     """The active model's predicted class per pixel, in class colours (or raw class ids).
     Opens with a token or a signed link (POST /links)."""
     with db.session() as s:
-        image = links.image_for(s, who, image_id)
-        project = s.get(Project, image.project_id)
-        assert project is not None
-        row = _latest_scores(s, image_id, project)
-        classes = list(project.classes)
-    if row is None:
-        raise NotFound(f"image {image_id} has not been scored by the active model yet")
-    prediction = decode_heatmaps(store.get(row.heatmap_key), ["prediction"])["prediction"]
-    prediction = prediction.astype(np.uint8)
-    body = encode_png(prediction if raw else colourise(prediction, classes))
+        scores = score_images.active_scores(s, links.image_for(s, who, image_id))
+    body = score_images.prediction_png(store, scores, raw)
     return Response(body, media_type="image/png", headers=link_headers(who))

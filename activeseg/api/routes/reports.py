@@ -1,8 +1,9 @@
 """Model-version reports (calibration, error detection, shift, learning curve) and baselines.
 
-The report itself is computed by the ``evaluate`` job (:mod:`activeseg.jobs.evaluate`); these
-routes serve the stored JSON, its plots and an HTML page, request a recomputation, and attach a
-baseline learning curve (``activeseg simulate``'s ``curve.csv``).
+The report itself is computed by the ``evaluate`` job (:mod:`activeseg.jobs.evaluate`) and read
+back through :mod:`activeseg.core.services.reports`; these routes serve the stored JSON, its
+plots and an HTML page, request a recomputation, and attach a baseline learning curve
+(``activeseg simulate``'s ``curve.csv``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Path, Request, Response, UploadFile, status
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from activeseg.api.deps import (
@@ -30,9 +30,8 @@ from activeseg.api.routes.images import read_limited
 from activeseg.api.routes.jobs import start_job
 from activeseg.api.schemas import NO_NUL, JobPublic, RowId
 from activeseg.core.errors import Conflict, Invalid, NotFound
-from activeseg.core.services import auth, jobs, links, models, rounds
-from activeseg.core.tables import JobState, ModelState, ModelVersion
-from activeseg.jobs.evaluate import latest_baseline_key, latest_report_job
+from activeseg.core.services import auth, jobs, links, models, reports, rounds
+from activeseg.core.tables import ModelState
 from activeseg.reports.html import render_html
 from activeseg.reports.learning_curve import aggregate_baseline, parse_baseline_csv
 from activeseg.reports.rounds import rounds_section
@@ -55,29 +54,12 @@ class BaselinePublic(BaseModel):
     job: JobPublic | None = None
 
 
-def _not_computed(s: Session, mv: ModelVersion) -> NotFound:
-    job = latest_report_job(s, mv)
-    if job is not None and job.state != JobState.succeeded.value:
-        how = f"the evaluate job {job.id} is {job.state}"
-        if job.state == JobState.failed.value:
-            how += f" ({job.error}); POST /models/{mv.id}/report to try again"
-        else:
-            how += (
-                f" ({round(100 * job.progress)}%: {job.message}); GET /jobs/{job.id} to follow it"
-            )
-    else:
-        how = f"POST /models/{mv.id}/report to compute it"
-    return NotFound(f"the report of model version {mv.id} is not computed yet: {how}")
-
-
 def _report_of(s: Session, who: Any, model_id: int, live: bool = False) -> dict[str, Any]:
     """The stored report; with ``live``, plus the ``rounds`` section (it changes with every
     answer, so it is read when served rather than stored with the report). ``who``: a user,
     or the grant of a signed link."""
     mv = links.model_for(s, who, model_id)
-    if mv.report is None:
-        raise _not_computed(s, mv)
-    report = dict(mv.report)
+    report = reports.stored_report(s, mv)
     if live:
         report["rounds"] = rounds_section(*rounds.summaries(s, mv.project_id))
     return report
@@ -190,21 +172,7 @@ async def attach_baseline(
     except csv.Error as exc:  # e.g. a bare carriage return inside a field
         raise Invalid(f"baseline is not a readable CSV file: {exc}") from None
     with db.session() as s:
-        project = auth.get_project_for(s, user, project_id)
-        mv_id = project.active_model_id or s.scalar(
-            select(ModelVersion.id)
-            .where(
-                ModelVersion.project_id == project_id,
-                ModelVersion.state == ModelState.ready.value,
-            )
-            .order_by(ModelVersion.version.desc())
-            .limit(1)
-        )
-        if mv_id is None:
-            raise Conflict(
-                f"project {project_id} has no model version yet; attach the baseline after the "
-                "first retrain (POST /projects/{id}/retrain)"
-            )
+        mv_id = reports.baseline_model_version(s, auth.get_project_for(s, user, project_id))
     key = store.put(data)
     with db.session() as s:
         job, created = jobs.request_job(
@@ -230,7 +198,7 @@ def get_baseline(
     """The latest baseline attached to the project, averaged over seeds per round."""
     with db.session() as s:
         auth.get_project_for(s, user, project_id)
-        key = latest_baseline_key(s, project_id)
+        key = reports.latest_baseline_key(s, project_id)
     if key is None:
         raise NotFound(
             f"project {project_id} has no baseline; POST /projects/{project_id}/baseline with "

@@ -16,11 +16,11 @@ from activeseg.api.errors import error_responses
 from activeseg.api.metrics import LABELS_SUBMITTED, TASKS_LEASED, TASKS_SKIPPED
 from activeseg.api.schemas import NO_NUL, LabelRevisionPublic, RowId
 from activeseg.core.errors import Invalid
-from activeseg.core.imaging import decode_index, encode_png
-from activeseg.core.services import auth, links, tasks
+from activeseg.core.imaging import decode_index
+from activeseg.core.services import auth, tasks
 from activeseg.core.services.auto_retrain import maybe_request_retrain
+from activeseg.core.services.lease_view import lease_view
 from activeseg.core.services.projects import project_settings
-from activeseg.core.services.regions import task_region_map
 from activeseg.core.settings import DEFAULT_LINK_TTL_S
 from activeseg.core.tables import Project, Task
 
@@ -104,52 +104,25 @@ class SubmitResult(BaseModel):
 def _lease_payload(
     s: Any, store: Any, project: Project, task: Task, link_ttl_s: int = DEFAULT_LINK_TTL_S
 ) -> TaskLease:
-    """The lease as the annotator needs it. Its image URLs are signed links (relative: path
-    and query) that live ``link_ttl_s``: an ``<img>`` or a labelling tool opens them without
-    the token, and a client that sends its token anyway is served the same.
-
-    Reads: the image's size and stored region map key (one query) and the signing key (at
-    most every few seconds); the region map comes from the in-process cache of decoded maps
-    and the proposed classes from the task row."""
-    width, height, regions = task_region_map(
-        s, store, task.image_id, task.region_kind, task.region_size, task.region_sigma
-    )
-    y0, x0, y1, x1 = tasks.task_bbox(regions, task.regions)
-    my, mx = max(8, (y1 - y0) // 2), max(8, (x1 - x0) // 2)
-    crop = [max(0, y0 - my), max(0, x0 - mx), min(height, y1 + my), min(width, x1 + mx)]
-    inside = np.isin(regions.labels[y0:y1, x0:x1], task.regions).astype(np.uint8)
-    # The queuing model's class per region, stored with the task by build_queue.
-    proposed = {
-        str(region): int(cls)
-        for region, cls in zip(task.regions, task.proposed_classes or [], strict=False)
-        if cls is not None and cls >= 0
-    }
-    scored = task.model_version_id is not None and project.active_model_id is not None
+    """The lease as the annotator needs it (:func:`activeseg.core.services.lease_view.lease_view`:
+    its image URLs are signed links, relative, that live ``link_ttl_s``; a client that sends
+    its token anyway is served the same)."""
+    view = lease_view(s, store, project, task, link_ttl_s)
     assert task.lease_expires_at is not None
-    key, expires_at = links.signing_key(s), links.expiry(link_ttl_s)
-
-    def signed(path: str, params: dict[str, str] | None = None) -> str:
-        return f"{path}?{links.sign_with(key, path, params or {}, expires_at)}"
-
-    image_id = task.image_id
     return TaskLease(
         task=TaskPublic.model_validate(task),
-        image_url=signed(f"/images/{image_id}/file"),
-        image_width=width,
-        image_height=height,
-        bbox=[y0, x0, y1, x1],
-        crop=crop,
-        region_mask_png=base64.b64encode(encode_png(inside)).decode(),
-        proposed_classes=proposed,
-        prediction_url=signed(f"/images/{image_id}/prediction.png") if scored else None,
-        uncertainty_url=(
-            signed(f"/images/{image_id}/uncertainty.png", {"measure": task.measure})
-            if scored
-            else None
-        ),
+        image_url=view.image_url,
+        image_width=view.image_width,
+        image_height=view.image_height,
+        bbox=view.bbox,
+        crop=view.crop,
+        region_mask_png=base64.b64encode(view.region_mask_png).decode(),
+        proposed_classes=view.proposed_classes,
+        prediction_url=view.prediction_url,
+        uncertainty_url=view.uncertainty_url,
         model_version_id=task.model_version_id,
         lease_expires_at=task.lease_expires_at,
-        queue=tasks.recent_queue_counts(s, project.id),
+        queue=view.queue,
     )
 
 

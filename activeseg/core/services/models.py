@@ -27,6 +27,13 @@ def get_model_for(session: Session, user: User, model_id: int) -> ModelVersion:
     return mv
 
 
+def check_version_of(session: Session, project: Project, mv_id: int) -> None:
+    """NotFound unless model version ``mv_id`` belongs to ``project``."""
+    mv = session.get(ModelVersion, mv_id)
+    if mv is None or mv.project_id != project.id:
+        raise NotFound(f"model version {mv_id} is not a version of project {project.id}")
+
+
 def list_models(session: Session, project_id: int) -> list[ModelVersion]:
     return list(
         session.scalars(
@@ -35,6 +42,13 @@ def list_models(session: Session, project_id: int) -> list[ModelVersion]:
             .order_by(ModelVersion.version.desc())
         )
     )
+
+
+def is_active(session: Session, mv: ModelVersion) -> bool:
+    """Whether ``mv`` is its project's active model version."""
+    project = session.get(Project, mv.project_id)
+    assert project is not None
+    return project.active_model_id == mv.id
 
 
 def activate(session: Session, mv: ModelVersion) -> Project:
