@@ -35,10 +35,12 @@ test-loaded: install services labelstudio
 reliability: install services
 	.venv/bin/python -m pytest -m reliability tests/reliability $(PYTEST_ARGS)
 
+# lint-imports: the package layers and forbidden imports of pyproject.toml [tool.importlinter].
 lint: install
 	.venv/bin/ruff check activeseg tests benchmarks migrations
 	.venv/bin/ruff format --check activeseg tests benchmarks migrations
 	.venv/bin/mypy activeseg
+	.venv/bin/lint-imports
 
 bench: install
 	.venv/bin/python benchmarks/uncertainty_throughput.py
