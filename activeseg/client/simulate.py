@@ -37,6 +37,7 @@ from PIL import Image
 
 from activeseg.client.http import ApiError, Client
 from activeseg.core.tables import Split
+from activeseg.uncertainty.measures import DEFAULT_MEASURE
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ UPLOAD_BYTES_PER_REQUEST = 16 * 1024 * 1024
 class SimulationConfig:
     dataset: str = "digits"
     count: int = 120
-    measure: str = "entropy"
+    measure: str = DEFAULT_MEASURE
     strategy: str = "power"
     region_kind: str = "superpixel"
     region_size: int = 12

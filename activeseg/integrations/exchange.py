@@ -36,6 +36,7 @@ from activeseg.core.storage import BlobStore
 from activeseg.core.tables import Image, ImageScore, ModelVersion, Project, User
 from activeseg.integrations import coco, label_studio, label_studio_annotations, png_masks
 from activeseg.integrations.png_masks import canonical_json
+from activeseg.uncertainty.measures import DEFAULT_MEASURE
 
 Format = Literal["coco", "png", "labelstudio"]
 FORMATS: tuple[str, ...] = ("coco", "png", "labelstudio")
@@ -192,7 +193,7 @@ def _export_labelstudio(
         if mv is not None:
             s.expunge(mv)
     version = label_studio.model_version_name(project, mv)
-    measure = project.settings.get("measure", "entropy")
+    measure = project.settings.get("measure", DEFAULT_MEASURE)
     yield b"["
     for n, image in enumerate(iter_images(db, project.id)):
         path = f"/images/{image.id}/file"

@@ -39,6 +39,7 @@ from activeseg.models.inference import Predictor
 from activeseg.models.preprocess import IGNORE_INDEX
 from activeseg.uncertainty import compute_measures, pool_mean
 from activeseg.uncertainty.calibration import region_error_counts
+from activeseg.uncertainty.measures import ENTROPY, MEASURES
 
 __all__ = [
     "ENSEMBLE_ROWS",
@@ -54,13 +55,17 @@ __all__ = [
     "softmax_stack",
 ]
 
-SOFTMAX_ROWS: tuple[str, ...] = ("least_confidence", "margin", "entropy")
+SOFTMAX_ROWS: tuple[str, ...] = tuple(
+    m.name for m in MEASURES.values() if m.reported and m.family == "softmax"
+)
 """Softmax-based measures of the report (on the ``T = 1`` predictive distribution)."""
 
 TEMPERATURE_ROW = "entropy_t"
 """Entropy of the temperature-scaled predictive distribution."""
 
-ENSEMBLE_ROWS: tuple[str, ...] = ("predictive_entropy", "mutual_information", "variation_ratio")
+ENSEMBLE_ROWS: tuple[str, ...] = tuple(
+    m.name for m in MEASURES.values() if m.reported and m.family == "ensemble"
+)
 """Ensemble-based measures of the report (need S >= 2 members or samples)."""
 
 SINGLE_PASS_ROW = "entropy_one_pass"
@@ -245,7 +250,7 @@ def collect_pixels(
     }
     measure_cols: dict[str, list[np.ndarray]] = {n: [] for n in names}
     if temperature is not None:
-        measure_cols["entropy_t"] = []
+        measure_cols[TEMPERATURE_ROW] = []
     total = 0
     class_counts = np.zeros(predictor.config.n_classes, np.int64)
     region_parts: dict[str, list[np.ndarray]] = {
@@ -298,8 +303,8 @@ def collect_pixels(
             stack_t = softmax_stack(logits, temperature)
             served = stack_t.mean(axis=0).reshape(n_classes, -1)[:, chosen].T
             cols["probs_t"].append(served)
-            maps["entropy_t"] = compute_measures(stack_t, ("entropy",))["entropy"]
-            measure_cols["entropy_t"].append(maps["entropy_t"].reshape(-1)[chosen])
+            maps[TEMPERATURE_ROW] = compute_measures(stack_t, (ENTROPY.name,))[ENTROPY.name]
+            measure_cols[TEMPERATURE_ROW].append(maps[TEMPERATURE_ROW].reshape(-1)[chosen])
         if region_maps is not None and flat_mask is not None:
             _add_regions(
                 region_parts,
@@ -317,7 +322,7 @@ def collect_pixels(
         cols["errors"].append((served.argmax(axis=1) != labels) & (labels >= 0))
         if single_logits is not None:
             one = softmax_stack(single_logits, None)
-            ent = compute_measures(one, ("entropy",))["entropy"].reshape(-1)[chosen]
+            ent = compute_measures(one, (ENTROPY.name,))[ENTROPY.name].reshape(-1)[chosen]
             pred = one[0].reshape(n_classes, -1)[:, chosen].argmax(axis=0)
             cols["s_ent"].append(ent)
             cols["s_err"].append((pred != labels) & (labels >= 0))

@@ -38,6 +38,7 @@ from activeseg.reports.collect import (
 )
 from activeseg.uncertainty import error_detection_aupr, error_detection_auroc
 from activeseg.uncertainty.calibration import error_rank_correlation, majority_class
+from activeseg.uncertainty.measures import MEASURES
 
 __all__ = [
     "DESCRIPTIONS",
@@ -51,20 +52,19 @@ __all__ = [
 ]
 
 DESCRIPTIONS: dict[str, str] = {
-    "least_confidence": "1 - max p (softmax)",
-    "margin": "1 - (p1 - p2) (softmax)",
-    "entropy": "H(p) (softmax)",
+    **{
+        name: f"{MEASURES[name].label}: {MEASURES[name].formula} ({MEASURES[name].family})"
+        for name in SOFTMAX_ROWS + ENSEMBLE_ROWS
+    },
     TEMPERATURE_ROW: "H(softmax(z / T)) (temperature-scaled softmax)",
-    "predictive_entropy": "H(mean_s p_s) (ensemble)",
-    "mutual_information": "BALD: H(mean) - mean H (ensemble, epistemic)",
-    "variation_ratio": "1 - modal votes / S (ensemble)",
     SINGLE_PASS_ROW: "H(p) of one deterministic pass, vs that pass's own errors",
 }
+"""Row name -> description: the registry's label and formula, plus the two rows that are
+variants of the entropy rather than measures of their own."""
 
 FAMILIES: dict[str, str] = {
-    **dict.fromkeys(SOFTMAX_ROWS, "softmax"),
+    **{name: MEASURES[name].family for name in SOFTMAX_ROWS + ENSEMBLE_ROWS},
     TEMPERATURE_ROW: "softmax",
-    **dict.fromkeys(ENSEMBLE_ROWS, "ensemble"),
     SINGLE_PASS_ROW: "single pass",
 }
 

@@ -19,6 +19,7 @@ from activeseg.core.imaging import decode_image, display_image, encode_png
 from activeseg.core.render import colourise, heat_colours, overlay
 from activeseg.core.services import auth, jobs, links, models, rounds
 from activeseg.core.tables import ImageScore, ModelVersion, Project
+from activeseg.uncertainty.measures import DEFAULT_MEASURE
 
 router = APIRouter(tags=["active learning"], responses=error_responses(403, 404, 409))
 
@@ -254,7 +255,7 @@ def uncertainty_png(
     who: UserOrLink,
     db: DbDep,
     store: StoreDep,
-    measure: Annotated[str, Query(max_length=40)] = "entropy",
+    measure: Annotated[str, Query(max_length=40)] = DEFAULT_MEASURE,
     overlay_image: Annotated[bool, Query(alias="overlay")] = False,
 ) -> Response:
     """The active model's uncertainty heatmap of the image (inferno colours, bright = unsure),
