@@ -48,7 +48,7 @@ def test_families_and_names_come_from_the_registry() -> None:
         "variation_ratio",
         "mean_std",
     )
-    assert ALL_MEASURES == tuple(MEASURES)
+    assert tuple(MEASURES) == ALL_MEASURES
     assert all(MEASURES[n].needs_samples for n in ENSEMBLE_MEASURES)
     assert not any(MEASURES[n].needs_samples for n in SOFTMAX_MEASURES)
     for m in MEASURES.values():
@@ -99,9 +99,7 @@ def test_settings_validation_reads_the_registry() -> None:
     with pytest.raises(ValidationError, match="choose one of least_confidence, margin"):
         ProjectSettings(measure="bald")
     with pytest.raises(ValidationError, match="needs several members or samples"):
-        ProjectSettings.model_validate(
-            {"measure": "mean_std", "model": {"method": "single"}}
-        )
+        ProjectSettings.model_validate({"measure": "mean_std", "model": {"method": "single"}})
     single = ProjectSettings.model_validate({"measure": "ratio", "model": {"method": "single"}})
     assert single.measure == "ratio"
 
