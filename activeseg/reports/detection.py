@@ -36,8 +36,12 @@ from activeseg.reports.collect import (
     PixelSample,
     RegionSample,
 )
-from activeseg.uncertainty import error_detection_aupr, error_detection_auroc
-from activeseg.uncertainty.calibration import error_rank_correlation, majority_class
+from activeseg.uncertainty import error_detection_auroc
+from activeseg.uncertainty.calibration import (
+    detection_scores,
+    error_rank_correlation,
+    majority_class,
+)
 from activeseg.uncertainty.measures import MEASURES
 
 __all__ = [
@@ -347,19 +351,15 @@ def detection_verdict(det: dict[str, Any]) -> str:
     )
 
 
-def _scores(values: np.ndarray, errors: np.ndarray) -> dict[str, float]:
-    return {
-        "auroc": error_detection_auroc(values, errors) if values.size else math.nan,
-        "aupr": error_detection_aupr(values, errors) if values.size else math.nan,
-    }
-
-
 def _region_rows(regions: RegionSample) -> dict[str, dict[str, float]]:
     """Per measure: AUROC / AUPR of the pooled score against "holds an error", and Spearman
     against the error fraction."""
     has_error, fraction = regions.has_error, regions.error_fraction
     return {
-        name: {**_scores(values, has_error), "spearman": error_rank_correlation(values, fraction)}
+        name: {
+            **detection_scores(values, has_error),
+            "spearman": error_rank_correlation(values, fraction),
+        }
         for name, values in regions.scores.items()
     }
 
@@ -403,8 +403,8 @@ def error_detection_section(
                 "measure": name,
                 "family": FAMILIES.get(name, "softmax"),
                 "description": DESCRIPTIONS.get(name, name),
-                **_scores(values, errs),
-                "foreground": _scores(values[foreground], errs[foreground]),
+                **detection_scores(values, errs),
+                "foreground": detection_scores(values[foreground], errs[foreground]),
                 "region": region_rows.get(name),
             }
         )
