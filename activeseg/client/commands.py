@@ -28,7 +28,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 SPLITS = ("pool", "train", "val", "test")
 ACTIVE = ("pending", "queued", "running", "waiting")
 PALETTE = ("#000000", "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4")
-# Test hook: exit abruptly once this many files are stored (simulates a killed upload).
+# Test hook, read as Settings.upload_stop_after: exit abruptly once this many files are
+# stored (simulates a killed upload).
 STOP_AFTER_ENV = "ACTIVESEG_UPLOAD_STOP_AFTER"
 RESUME = "run the same command again to upload the rest"
 
@@ -284,6 +285,7 @@ def upload(
     a file sent twice is stored once. A file the server refuses (corrupt, too large) is named,
     the others still land; the exit status is 1 only then."""
     from activeseg.client.bulk_upload import BatchLimits, BulkUploader
+    from activeseg.core.settings import get_settings
 
     if split not in SPLITS:
         _fail(f"--split {split!r}: use one of {', '.join(SPLITS)}")
@@ -293,7 +295,7 @@ def upload(
         log, todo, skipped = _journaled(api, proj, files, journal)
         progress = UploadProgress(len(todo))
         api.on_wait = progress.waiting
-        recorder = _BatchRecorder(log, progress, int(os.environ.get(STOP_AFTER_ENV) or 0))
+        recorder = _BatchRecorder(log, progress, get_settings().upload_stop_after)
         uploader = BulkUploader(
             api,
             proj["id"],

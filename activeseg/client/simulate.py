@@ -37,12 +37,14 @@ from PIL import Image
 
 from activeseg.client.http import ApiError, Client
 from activeseg.core.tables import Split
+from activeseg.uncertainty.labels import UNLABELLED
+from activeseg.uncertainty.measures import DEFAULT_MEASURE
 
 log = logging.getLogger(__name__)
 
 Protocol = Literal["dominant", "exact"]
 PROTOCOLS: tuple[Protocol, ...] = ("dominant", "exact")
-IGNORE = 255  # "unlabelled" in masks and patches
+IGNORE = UNLABELLED  # "unlabelled" in masks and patches
 
 # Several images per upload request; both stay under the service's defaults
 # (ACTIVESEG_MAX_IMAGES_PER_UPLOAD = 500, ACTIVESEG_MAX_UPLOAD_BYTES = 64 MiB per request).
@@ -54,7 +56,7 @@ UPLOAD_BYTES_PER_REQUEST = 16 * 1024 * 1024
 class SimulationConfig:
     dataset: str = "digits"
     count: int = 120
-    measure: str = "entropy"
+    measure: str = DEFAULT_MEASURE
     strategy: str = "power"
     region_kind: str = "superpixel"
     region_size: int = 12

@@ -8,33 +8,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from activeseg.config_compat import DEFAULT_STEPS, upgrade_model_keys
+from activeseg.uncertainty.labels import MAX_CLASS_ID
+from activeseg.uncertainty.measures import DEFAULT_MEASURE, get_measure
 
-MEASURES = (
-    "least_confidence",
-    "margin",
-    "entropy",
-    "normalised_entropy",
-    "ratio",
-    "predictive_entropy",
-    "expected_entropy",
-    "mutual_information",
-    "variation_ratio",
-    "mean_std",
-)
-ENSEMBLE_ONLY = {
-    "predictive_entropy",
-    "expected_entropy",
-    "mutual_information",
-    "variation_ratio",
-    "mean_std",
-}
-IGNORE_INDEX = 255
 _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 
 class ClassDef(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: int = Field(ge=0, le=254)
+    id: int = Field(ge=0, le=MAX_CLASS_ID)
     name: str = Field(min_length=1, max_length=100)
     colour: str = Field(default="#808080", description="hex colour, e.g. #ff8800")
 
@@ -110,7 +92,7 @@ class ProjectSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     region_kind: Literal["superpixel", "grid"] = "superpixel"
     region_size: int = Field(default=16, ge=2, le=1024, description="tile side or SLIC side")
-    measure: str = "entropy"
+    measure: str = DEFAULT_MEASURE
     pooling: Literal["mean", "max", "class_balanced"] = "mean"
     strategy: Literal["top_k", "random", "power", "softmax", "softrank"] = "power"
     beta: float = Field(default=1.0, gt=0)
@@ -173,17 +155,15 @@ class ProjectSettings(BaseModel):
     @field_validator("measure")
     @classmethod
     def _known_measure(cls, v: str) -> str:
-        if v not in MEASURES:
-            raise ValueError(f"unknown measure {v!r}; choose one of {', '.join(MEASURES)}")
-        return v
+        return get_measure(v).name
 
     @model_validator(mode="after")
     def _measure_fits_model(self) -> ProjectSettings:
-        if self.measure in ENSEMBLE_ONLY and self.model.method == "single":
+        if get_measure(self.measure).needs_samples and self.model.method == "single":
             raise ValueError(
                 f"measure {self.measure!r} needs several members or samples; set "
                 '"model": {"method": "mc_dropout"} or "ensemble", or pick a softmax measure '
-                "such as 'entropy'"
+                f"such as {DEFAULT_MEASURE!r}"
             )
         return self
 

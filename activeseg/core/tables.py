@@ -30,6 +30,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from activeseg.uncertainty.labels import UNLABELLED
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -148,7 +150,7 @@ class Project(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     # [{"id": 0, "name": "background", "colour": "#000000"}, ...]
     classes: Mapped[list[Any]] = mapped_column(JSON)
-    ignore_index: Mapped[int] = mapped_column(Integer, default=255)
+    ignore_index: Mapped[int] = mapped_column(Integer, default=UNLABELLED)
     # Validated by api/core schemas (ProjectSettings): regions, acquisition, model config.
     settings: Mapped[dict[str, Any]] = mapped_column(JSON)
     active_model_id: Mapped[int | None] = mapped_column(

@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from activeseg.uncertainty.labels import UNLABELLED
+
+IGNORE_INDEX = UNLABELLED  # the datasets' name for it
 """Mask value of an unlabelled pixel."""
 
 PALETTE = [

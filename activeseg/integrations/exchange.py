@@ -36,6 +36,8 @@ from activeseg.core.storage import BlobStore
 from activeseg.core.tables import Image, ImageScore, ModelVersion, Project, User
 from activeseg.integrations import coco, label_studio, label_studio_annotations, png_masks
 from activeseg.integrations.png_masks import canonical_json
+from activeseg.uncertainty.labels import UNLABELLED
+from activeseg.uncertainty.measures import DEFAULT_MEASURE
 
 Format = Literal["coco", "png", "labelstudio"]
 FORMATS: tuple[str, ...] = ("coco", "png", "labelstudio")
@@ -192,7 +194,7 @@ def _export_labelstudio(
         if mv is not None:
             s.expunge(mv)
     version = label_studio.model_version_name(project, mv)
-    measure = project.settings.get("measure", "entropy")
+    measure = project.settings.get("measure", DEFAULT_MEASURE)
     yield b"["
     for n, image in enumerate(iter_images(db, project.id)):
         path = f"/images/{image.id}/file"
@@ -435,12 +437,12 @@ def _png_items(
     if not isinstance(file_classes, list):
         raise Invalid('classes.json must be {"classes": [{"id": 0, "name": ...}, ...]}')
     by_name = {c["name"]: int(c["id"]) for c in project.classes}
-    ignore = int(meta.get("ignore_index", 255))
-    lut = np.full(256, 255, dtype=np.uint8)  # file value -> project class id
+    ignore = int(meta.get("ignore_index", UNLABELLED))
+    lut = np.full(256, UNLABELLED, dtype=np.uint8)  # file value -> project class id
     known = np.zeros(256, dtype=bool)
     for c in file_classes:
         name, cid = (c.get("name"), c.get("id")) if isinstance(c, dict) else (None, None)
-        if name not in by_name or not isinstance(cid, int) or not 0 <= cid < 255:
+        if name not in by_name or not isinstance(cid, int) or not 0 <= cid < UNLABELLED:
             raise Invalid(
                 f"classes.json: class {c!r} does not match a class of this project "
                 f"({', '.join(by_name)})"
@@ -472,7 +474,7 @@ def _png_items(
 
         def source(image: Image = image, name: str = name) -> Any:
             raw = zf.read(prefix + name)
-            arr = decode_mask(raw, name, image.height, image.width, 255, 255)
+            arr = decode_mask(raw, name, image.height, image.width, UNLABELLED, UNLABELLED)
             bad = np.unique(arr[~known[arr]])
             if bad.size:
                 raise Invalid(

@@ -22,6 +22,7 @@ from activeseg.integrations.label_studio import (
     shown,
     unresolved,
 )
+from activeseg.uncertainty.labels import UNLABELLED
 
 # A painted brush pixel has alpha 255; anti-aliased edges fall in between.
 ALPHA_THRESHOLD = 128
@@ -36,7 +37,7 @@ def annotation_mask(
     """Brush results -> an index mask uint8 ``[H, W]`` (255 where nothing is painted; a later
     result paints over an earlier one, as in the editor). Other result types are ignored."""
     by_name = {c["name"]: int(c["id"]) for c in classes}
-    mask = np.full((height, width), 255, dtype=np.uint8)
+    mask = np.full((height, width), UNLABELLED, dtype=np.uint8)
     if not isinstance(results, list):
         raise Invalid("annotation.result must be a list of results")
     for n, result in enumerate(results):

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, insert, select
 
-from activeseg.core.project_config import ENSEMBLE_ONLY, ProjectSettings
+from activeseg.core.project_config import ProjectSettings
 from activeseg.core.services.labels import read_mask, with_mask_key
 from activeseg.core.services.projects import project_settings
 from activeseg.core.services.regions import (
@@ -56,6 +56,7 @@ from activeseg.core.services.tasks import mark_stale, open_region_keys
 from activeseg.core.tables import Image, ModelVersion, Project, Round, Split, Task
 from activeseg.integrations.webhooks import notify
 from activeseg.jobs.runner import JobContext
+from activeseg.uncertainty.measures import get_measure
 from activeseg.uncertainty.pooling import labelled_fraction
 from activeseg.uncertainty.selection import draw_controls, interleave, select_regions
 
@@ -118,7 +119,8 @@ def build_queue(
             s.scalar(select(func.max(Round.number)).where(Round.project_id == project.id)) or 0
         ) + 1
     measure = settings.measure
-    if mv is not None and measure in ENSEMBLE_ONLY and mv.config.get("method") == "single":
+    single = mv is not None and mv.config.get("method") == "single"
+    if single and get_measure(measure).needs_samples:
         raise ValueError(f"measure {measure!r} needs an ensemble or MC-dropout model")
     use_strategy = strategy or (settings.strategy if mv is not None else "random")
     sigma = region_sigma(settings.region_kind, settings.slic_sigma)

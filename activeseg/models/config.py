@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from activeseg.config_compat import DEFAULT_STEPS, upgrade_model_keys
+from activeseg.uncertainty.labels import UNLABELLED
 
 Method = Literal["ensemble", "mc_dropout", "single"]
 DeviceSetting = Literal["auto", "cpu", "cuda"]
@@ -62,7 +63,9 @@ class ModelConfig(BaseModel):
 
     # Data-dependent, required.
     in_channels: Literal[1, 3] = Field(description="1 for grey images, 3 for RGB")
-    n_classes: int = Field(ge=2, le=255, description="number of classes, background included")
+    n_classes: int = Field(
+        ge=2, le=UNLABELLED, description="number of classes, background included"
+    )
 
     # Network.
     depth: int = Field(4, ge=1, le=6, description="number of 2x downsamplings")

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from activeseg.models.inference import Predictor
-from activeseg.models.preprocess import IGNORE_INDEX
 from activeseg.uncertainty import calibration
+from activeseg.uncertainty.labels import UNLABELLED
 from activeseg.uncertainty.measures import ENSEMBLE_MEASURES, SOFTMAX_MEASURES, compute_measures
 
 logger = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def evaluate(
     """
     names, skipped = available_measures(predictor.n_samples, measures)
     confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
-    accumulator = calibration.CalibrationAccumulator(n_classes, n_bins, IGNORE_INDEX)
+    accumulator = calibration.CalibrationAccumulator(n_classes, n_bins, UNLABELLED)
     reservoir = PixelReservoir(max_detection_pixels, seed)
     n_images = 0
     for index, (stack, mask) in enumerate(
@@ -159,7 +159,7 @@ def evaluate(
         if stack.shape[1] != n_classes:
             raise ValueError(f"model predicts {stack.shape[1]} classes, expected {n_classes}")
         n_images += 1
-        labelled = mask != IGNORE_INDEX
+        labelled = mask != UNLABELLED
         truth = mask[labelled].astype(np.int64)
         if truth.size and int(truth.max()) >= n_classes:
             raise ValueError(f"mask {index} holds class id {int(truth.max())} >= {n_classes}")
@@ -189,18 +189,11 @@ def evaluate(
     fg = reservoir.columns["_truth"] != majority if errors is not None else np.zeros(0, dtype=bool)
     for name in names:
         if errors is None:
-            detection[name] = {"auroc": math.nan, "aupr": math.nan}
-            detection_fg[name] = {"auroc": math.nan, "aupr": math.nan}
+            detection[name] = detection_fg[name] = calibration.detection_scores([], [])
             continue
         scores = reservoir.columns[name]
-        detection[name] = {
-            "auroc": calibration.error_detection_auroc(scores, errors),
-            "aupr": calibration.error_detection_aupr(scores, errors),
-        }
-        detection_fg[name] = {
-            "auroc": calibration.error_detection_auroc(scores[fg], errors[fg]),
-            "aupr": calibration.error_detection_aupr(scores[fg], errors[fg]),
-        }
+        detection[name] = calibration.detection_scores(scores, errors)
+        detection_fg[name] = calibration.detection_scores(scores[fg], errors[fg])
     fg_ece, fg_accuracy = math.nan, math.nan
     if errors is not None and fg.any():
         fg_correct = ~errors[fg]
@@ -264,7 +257,7 @@ def fit_temperature_on(
         predictor.predict_logits(images, batch_size, reduce="none"), masks, strict=True
     ):
         # logits [S, C, H, W] -> per labelled pixel [P, S, C]
-        labelled = mask != IGNORE_INDEX
+        labelled = mask != UNLABELLED
         table = np.ascontiguousarray(logits[:, :, labelled].transpose(2, 0, 1))
         labels = mask[labelled].astype(np.int64)
         reservoir.add({"logits": table, "labels": labels})

@@ -20,7 +20,9 @@ import math
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from activeseg.uncertainty.labels import UNLABELLED
+
+IGNORE_INDEX = UNLABELLED  # the name torch gives it (cross_entropy ignore_index)
 """Mask value of a pixel that nobody labelled yet; the loss never sees it."""
 
 PERCENTILES = (0.5, 99.5)

@@ -14,9 +14,11 @@ MC-dropout samples, 1 for a single network). From them, exactly as the service c
 - for S > 1, one deterministic forward pass (dropout off, or the first ensemble member): its
   entropy and its own errors, i.e. what a plain softmax model would give.
 
-Only a uniform random sample of labelled pixels is kept, at most ``max_pixels`` in all and
-``max_pixels // n_images`` per image, so memory stays bounded; when every labelled pixel fits, all
-of them are kept in image order and the figures are exact.
+Only a uniform random sample of labelled pixels is kept, at most ``max_pixels`` in all, drawn by
+the trainer's sampler (:class:`activeseg.models.evaluation.PixelReservoir`, bottom-k of a seeded
+random key per pixel), so memory stays bounded and the report keeps the pixels the trainer's
+metrics keep; when every labelled pixel fits, all of them are kept in image order and the
+figures are exact.
 
 Two things are counted over *every* labelled pixel, not the sample: the pixels per true class
 (``class_counts``; its majority class is the report's background, see
@@ -35,10 +37,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from activeseg.models.evaluation import PixelReservoir
 from activeseg.models.inference import Predictor
 from activeseg.models.preprocess import IGNORE_INDEX
 from activeseg.uncertainty import compute_measures, pool_mean
 from activeseg.uncertainty.calibration import region_error_counts
+from activeseg.uncertainty.measures import ENTROPY, MEASURES
 
 __all__ = [
     "ENSEMBLE_ROWS",
@@ -54,13 +58,17 @@ __all__ = [
     "softmax_stack",
 ]
 
-SOFTMAX_ROWS: tuple[str, ...] = ("least_confidence", "margin", "entropy")
+SOFTMAX_ROWS: tuple[str, ...] = tuple(
+    m.name for m in MEASURES.values() if m.reported and m.family == "softmax"
+)
 """Softmax-based measures of the report (on the ``T = 1`` predictive distribution)."""
 
 TEMPERATURE_ROW = "entropy_t"
 """Entropy of the temperature-scaled predictive distribution."""
 
-ENSEMBLE_ROWS: tuple[str, ...] = ("predictive_entropy", "mutual_information", "variation_ratio")
+ENSEMBLE_ROWS: tuple[str, ...] = tuple(
+    m.name for m in MEASURES.values() if m.reported and m.family == "ensemble"
+)
 """Ensemble-based measures of the report (need S >= 2 members or samples)."""
 
 SINGLE_PASS_ROW = "entropy_one_pass"
@@ -195,12 +203,8 @@ def single_pass_predictor(predictor: Predictor) -> Predictor | None:
     return Predictor([member], config, temperature=None)
 
 
-def _pick(
-    candidates: npt.NDArray[np.intp], per_image: int, rng: np.random.Generator
-) -> npt.NDArray[np.intp]:
-    if candidates.size <= per_image:
-        return candidates
-    return np.sort(rng.choice(candidates, size=per_image, replace=False))
+_COLUMNS = ("index", "labels", "probs", "probs_t", "errors", "s_ent", "s_err")
+_MEASURE = "measure:"  # prefix of the measure columns in the reservoir
 
 
 def collect_pixels(
@@ -237,15 +241,13 @@ def collect_pixels(
     if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
     n_images = len(images)
-    per_image = max(1, max_pixels // max(n_images, 1))
-    rng = np.random.default_rng(seed)
+    # The trainer's sampler (models.evaluation.evaluate): with the same seed and capacity both
+    # keep the same pixels, so their figures agree.
+    reservoir = PixelReservoir(max_pixels, seed)
     names = measure_names(predictor.n_samples)
-    cols: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("index", "labels", "probs", "probs_t", "errors", "s_ent", "s_err")
-    }
     measure_cols: dict[str, list[np.ndarray]] = {n: [] for n in names}
     if temperature is not None:
-        measure_cols["entropy_t"] = []
+        measure_cols[TEMPERATURE_ROW] = []
     total = 0
     class_counts = np.zeros(predictor.config.n_classes, np.int64)
     region_parts: dict[str, list[np.ndarray]] = {
@@ -278,9 +280,10 @@ def collect_pixels(
             class_counts += np.bincount(flat_mask[candidates], minlength=class_counts.size)[
                 : class_counts.size
             ]
-        chosen = _pick(candidates, per_image, rng)
+        chosen = candidates  # every candidate is offered to the reservoir
         if chosen.size == 0:
             continue
+        row: dict[str, np.ndarray] = {}
         stack = softmax_stack(logits, None)  # [S, C, H, W]
         n_classes = stack.shape[1]
         mean = stack.mean(axis=0).reshape(n_classes, -1)[:, chosen].T  # [p, C]
@@ -291,15 +294,15 @@ def collect_pixels(
         )
         maps = compute_measures(stack, names)
         for name in names:
-            measure_cols[name].append(maps[name].reshape(-1)[chosen])
+            row[_MEASURE + name] = maps[name].reshape(-1)[chosen]
         served = mean
         stack_t = None
         if temperature is not None:
             stack_t = softmax_stack(logits, temperature)
             served = stack_t.mean(axis=0).reshape(n_classes, -1)[:, chosen].T
-            cols["probs_t"].append(served)
-            maps["entropy_t"] = compute_measures(stack_t, ("entropy",))["entropy"]
-            measure_cols["entropy_t"].append(maps["entropy_t"].reshape(-1)[chosen])
+            row["probs_t"] = served
+            maps[TEMPERATURE_ROW] = compute_measures(stack_t, (ENTROPY.name,))[ENTROPY.name]
+            row[_MEASURE + TEMPERATURE_ROW] = maps[TEMPERATURE_ROW].reshape(-1)[chosen]
         if region_maps is not None and flat_mask is not None:
             _add_regions(
                 region_parts,
@@ -311,21 +314,27 @@ def collect_pixels(
                 stack_t,
                 maps,
             )
-        cols["index"].append(np.full(chosen.size, index, np.int32))
-        cols["labels"].append(labels)
-        cols["probs"].append(mean)
-        cols["errors"].append((served.argmax(axis=1) != labels) & (labels >= 0))
+        row["index"] = np.full(chosen.size, index, np.int32)
+        row["labels"] = labels
+        row["probs"] = mean
+        row["errors"] = (served.argmax(axis=1) != labels) & (labels >= 0)
         if single_logits is not None:
             one = softmax_stack(single_logits, None)
-            ent = compute_measures(one, ("entropy",))["entropy"].reshape(-1)[chosen]
+            ent = compute_measures(one, (ENTROPY.name,))[ENTROPY.name].reshape(-1)[chosen]
             pred = one[0].reshape(n_classes, -1)[:, chosen].argmax(axis=0)
-            cols["s_ent"].append(ent)
-            cols["s_err"].append((pred != labels) & (labels >= 0))
+            row["s_ent"] = ent
+            row["s_err"] = (pred != labels) & (labels >= 0)
+        reservoir.add(row)
 
     def cat(parts: list[np.ndarray], dtype: type[np.generic], width: int = 0) -> np.ndarray:
         if parts:
             return np.concatenate(parts).astype(dtype, copy=False)
         return np.zeros((0, width) if width else 0, dtype)
+
+    kept = reservoir.columns
+    cols = {name: [kept[name]] if name in kept else [] for name in _COLUMNS}
+    for name in measure_cols:
+        measure_cols[name] = [kept[_MEASURE + name]] if _MEASURE + name in kept else []
 
     n_classes_out = predictor.config.n_classes
     regions = None

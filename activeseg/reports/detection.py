@@ -36,8 +36,13 @@ from activeseg.reports.collect import (
     PixelSample,
     RegionSample,
 )
-from activeseg.uncertainty import error_detection_aupr, error_detection_auroc
-from activeseg.uncertainty.calibration import error_rank_correlation, majority_class
+from activeseg.uncertainty import error_detection_auroc
+from activeseg.uncertainty.calibration import (
+    detection_scores,
+    error_rank_correlation,
+    majority_class,
+)
+from activeseg.uncertainty.measures import MEASURES
 
 __all__ = [
     "DESCRIPTIONS",
@@ -51,20 +56,19 @@ __all__ = [
 ]
 
 DESCRIPTIONS: dict[str, str] = {
-    "least_confidence": "1 - max p (softmax)",
-    "margin": "1 - (p1 - p2) (softmax)",
-    "entropy": "H(p) (softmax)",
+    **{
+        name: f"{MEASURES[name].label}: {MEASURES[name].formula} ({MEASURES[name].family})"
+        for name in SOFTMAX_ROWS + ENSEMBLE_ROWS
+    },
     TEMPERATURE_ROW: "H(softmax(z / T)) (temperature-scaled softmax)",
-    "predictive_entropy": "H(mean_s p_s) (ensemble)",
-    "mutual_information": "BALD: H(mean) - mean H (ensemble, epistemic)",
-    "variation_ratio": "1 - modal votes / S (ensemble)",
     SINGLE_PASS_ROW: "H(p) of one deterministic pass, vs that pass's own errors",
 }
+"""Row name -> description: the registry's label and formula, plus the two rows that are
+variants of the entropy rather than measures of their own."""
 
 FAMILIES: dict[str, str] = {
-    **dict.fromkeys(SOFTMAX_ROWS, "softmax"),
+    **{name: MEASURES[name].family for name in SOFTMAX_ROWS + ENSEMBLE_ROWS},
     TEMPERATURE_ROW: "softmax",
-    **dict.fromkeys(ENSEMBLE_ROWS, "ensemble"),
     SINGLE_PASS_ROW: "single pass",
 }
 
@@ -347,19 +351,15 @@ def detection_verdict(det: dict[str, Any]) -> str:
     )
 
 
-def _scores(values: np.ndarray, errors: np.ndarray) -> dict[str, float]:
-    return {
-        "auroc": error_detection_auroc(values, errors) if values.size else math.nan,
-        "aupr": error_detection_aupr(values, errors) if values.size else math.nan,
-    }
-
-
 def _region_rows(regions: RegionSample) -> dict[str, dict[str, float]]:
     """Per measure: AUROC / AUPR of the pooled score against "holds an error", and Spearman
     against the error fraction."""
     has_error, fraction = regions.has_error, regions.error_fraction
     return {
-        name: {**_scores(values, has_error), "spearman": error_rank_correlation(values, fraction)}
+        name: {
+            **detection_scores(values, has_error),
+            "spearman": error_rank_correlation(values, fraction),
+        }
         for name, values in regions.scores.items()
     }
 
@@ -403,8 +403,8 @@ def error_detection_section(
                 "measure": name,
                 "family": FAMILIES.get(name, "softmax"),
                 "description": DESCRIPTIONS.get(name, name),
-                **_scores(values, errs),
-                "foreground": _scores(values[foreground], errs[foreground]),
+                **detection_scores(values, errs),
+                "foreground": detection_scores(values[foreground], errs[foreground]),
                 "region": region_rows.get(name),
             }
         )

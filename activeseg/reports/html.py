@@ -8,6 +8,8 @@ import html
 import math
 from typing import Any
 
+from activeseg.uncertainty.measures import ENTROPY, MUTUAL_INFORMATION
+
 __all__ = ["render_html"]
 
 _CSS = """
@@ -227,9 +229,9 @@ def _shift(shift: dict[str, Any] | None, plots: dict[str, bytes]) -> str:
                 _num(c["accuracy"]),
                 _num(c["ece"]),
                 _num(c.get("ece_t")),
-                _num(mm.get("entropy")),
-                _num(mm.get("mutual_information"), 4),
-                _num(rise.get("mutual_information"), 2),
+                _num(mm.get(ENTROPY.name)),
+                _num(mm.get(MUTUAL_INFORMATION.name), 4),
+                _num(rise.get(MUTUAL_INFORMATION.name), 2),
             ]
         )
     header = [

@@ -14,6 +14,13 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from activeseg.uncertainty.measures import (
+    ENTROPY,
+    MUTUAL_INFORMATION,
+    PREDICTIVE_ENTROPY,
+    VARIATION_RATIO,
+)
+
 __all__ = [
     "MIN_MIOU_SPAN",
     "PLOT_NAMES",
@@ -193,7 +200,10 @@ def shift_png(shift: dict[str, Any]) -> bytes:
     left.legend(fontsize=8)
     measures = [
         m
-        for m in ("entropy", "mutual_information", "variation_ratio", "predictive_entropy")
+        for m in (
+            measure.name
+            for measure in (ENTROPY, MUTUAL_INFORMATION, VARIATION_RATIO, PREDICTIVE_ENTROPY)
+        )
         if m in conditions[names[0]].get("rise", {})
     ]
     width = 0.8 / max(len(measures), 1)

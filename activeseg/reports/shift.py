@@ -21,6 +21,7 @@ from scipy import ndimage
 from activeseg.reports.collect import PixelSample
 from activeseg.reports.wording import change, ratio_change
 from activeseg.uncertainty import expected_calibration_error
+from activeseg.uncertainty.measures import ENTROPY, MUTUAL_INFORMATION
 
 __all__ = ["CONDITIONS", "PERTURBATIONS", "condition_summary", "perturb", "shift_section"]
 
@@ -146,7 +147,7 @@ def shift_section(samples: dict[str, PixelSample], n_bins: int = 15) -> dict[str
             f"{change(clean['mean_max_prob'], w['mean_max_prob'])} (ECE "
             f"{change(clean['ece'], w['ece'])})"
         )
-        mi = w["rise"].get("mutual_information")
+        mi = w["rise"].get(MUTUAL_INFORMATION.name)
         if mi is not None:
             text += f"; mean mutual information {ratio_change(mi)}"
         sentences.append(text + ".")
@@ -156,8 +157,8 @@ def shift_section(samples: dict[str, PixelSample], n_bins: int = 15) -> dict[str
             f"On {name.replace('_', ' ')} images (no right answer) softmax keeps mean max-prob "
             f"{o['mean_max_prob']:.3f}, with {100 * o['frac_confident']:.0f}% of pixels above 0.9"
         )
-        ent = o["rise"].get("entropy")
-        mi = o["rise"].get("mutual_information")
+        ent = o["rise"].get(ENTROPY.name)
+        mi = o["rise"].get(MUTUAL_INFORMATION.name)
         if ent is not None:
             text += f"; entropy is {ent:.2f}x clean"
         if mi is not None:

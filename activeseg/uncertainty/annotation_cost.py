@@ -19,6 +19,8 @@ import numpy as np
 import numpy.typing as npt
 from skimage.measure import approximate_polygon, find_contours, label
 
+from activeseg.uncertainty.labels import UNLABELLED
+
 __all__ = ["answer_errors", "patch_clicks", "region_clicks"]
 
 
@@ -40,7 +42,9 @@ def outline_vertices(component: npt.NDArray[np.bool_], tolerance: float = 1.0) -
     return total
 
 
-def patch_clicks(patch: npt.ArrayLike, ignore_index: int = 255, tolerance: float = 1.0) -> int:
+def patch_clicks(
+    patch: npt.ArrayLike, ignore_index: int = UNLABELLED, tolerance: float = 1.0
+) -> int:
     """Clicks to draw a mask patch as polygons.
 
     Args:
@@ -65,7 +69,7 @@ def patch_clicks(patch: npt.ArrayLike, ignore_index: int = 255, tolerance: float
 
 
 def answer_errors(
-    answer: npt.ArrayLike, prediction: npt.ArrayLike | None, ignore_index: int = 255
+    answer: npt.ArrayLike, prediction: npt.ArrayLike | None, ignore_index: int = UNLABELLED
 ) -> tuple[int, int | None]:
     """Pixels an answer labels, and of those the ones the model predicted otherwise.
 

@@ -35,12 +35,15 @@ import numpy.typing as npt
 from scipy.optimize import minimize_scalar
 from scipy.stats import rankdata
 
+from activeseg.uncertainty.labels import UNLABELLED
+
 __all__ = [
     "CalibrationAccumulator",
     "CalibrationResult",
     "ReliabilityDiagram",
     "apply_temperature",
     "brier_score",
+    "detection_scores",
     "error_detection_aupr",
     "error_detection_auroc",
     "error_rank_correlation",
@@ -246,7 +249,7 @@ def _labels(labels: npt.ArrayLike, probs: FloatArray, func: str) -> LabelArray:
 
 
 def flatten_pixels(
-    probs: npt.ArrayLike, labels: npt.ArrayLike, ignore_index: int = 255
+    probs: npt.ArrayLike, labels: npt.ArrayLike, ignore_index: int = UNLABELLED
 ) -> tuple[FloatArray, LabelArray]:
     """Turn class maps into a table of labelled pixels.
 
@@ -490,7 +493,7 @@ class CalibrationAccumulator:
         report = acc.result()                  # {"ece": ..., "brier": ..., ...}
     """
 
-    def __init__(self, n_classes: int, n_bins: int = 15, ignore_index: int = 255) -> None:
+    def __init__(self, n_classes: int, n_bins: int = 15, ignore_index: int = UNLABELLED) -> None:
         if n_classes < 2:
             raise ValueError(f"n_classes must be >= 2, got {n_classes}")
         if n_bins < 1:
@@ -611,6 +614,16 @@ def error_detection_aupr(uncertainty: npt.ArrayLike, errors: npt.ArrayLike) -> f
     precision = tp_at / (last + 1.0)
     recall = tp_at / n_pos
     return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
+def detection_scores(uncertainty: npt.ArrayLike, errors: npt.ArrayLike) -> dict[str, float]:
+    """``{"auroc", "aupr"}`` of ``uncertainty`` ``[P]`` as a detector of ``errors`` (bool
+    ``[P]``), NaN for no pixels: the one place a measure's error-detection figures are computed,
+    for the trainer's metrics (``activeseg.models.evaluation``) and the reports alike."""
+    u = np.asarray(uncertainty)
+    if u.size == 0:
+        return {"auroc": math.nan, "aupr": math.nan}
+    return {"auroc": error_detection_auroc(u, errors), "aupr": error_detection_aupr(u, errors)}
 
 
 def pavpu(uncertainty: npt.ArrayLike, errors: npt.ArrayLike, threshold: float) -> float:

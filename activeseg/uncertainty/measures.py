@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -37,16 +39,21 @@ import numpy.typing as npt
 __all__ = [
     "ALL_MEASURES",
     "BLOCK_ELEMENTS",
+    "DEFAULT_MEASURE",
     "ENSEMBLE_MEASURES",
     "EPS",
+    "MEASURES",
     "SOFTMAX_MEASURES",
+    "Measure",
     "compute_measures",
     "ensemble_measures",
     "entropy",
     "expected_entropy",
+    "get_measure",
     "least_confidence",
     "margin",
     "mean_std",
+    "measure_table",
     "mutual_information",
     "normalised_entropy",
     "predictive_entropy",
@@ -57,21 +64,175 @@ __all__ = [
 
 FloatMap = npt.NDArray[np.float32]
 
-SOFTMAX_MEASURES: tuple[str, ...] = (
-    "least_confidence",
+Family = Literal["softmax", "ensemble"]
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One uncertainty measure: the single definition settings, reports and docs read.
+
+    Attributes:
+        name: the identifier in settings, API responses and stored scores.
+        family: ``"softmax"`` (one model's probabilities) or ``"ensemble"`` (S >= 2 members or
+            MC-dropout samples).
+        label: a human name for reports and docs.
+        formula: the per-pixel formula as text (``p1 >= p2`` the two largest probabilities,
+            ``p_s`` member s, ``H`` the natural-log entropy).
+        range: the range as text; 0 always means certain.
+        reference: the paper(s) it comes from.
+        reported: a row of the per-version report's error-detection table (the report keeps
+            to the three classic measures of each family).
+    """
+
+    name: str
+    family: Family
+    label: str
+    formula: str
+    range: str
+    reference: str
+    reported: bool = False
+
+    @property
+    def needs_samples(self) -> bool:
+        """True when the measure needs several members or samples (``S >= 2``)."""
+        return self.family == "ensemble"
+
+    def upper_bound(self, n_classes: int, n_samples: int = 1) -> float:
+        """The largest value the measure takes with ``n_classes`` classes and ``n_samples``
+        members or samples (the right end of :attr:`range`)."""
+        return _UPPER[self.range](n_classes, n_samples)
+
+
+_UPPER: dict[str, Callable[[int, int], float]] = {
+    "[0, 1]": lambda c, s: 1.0,
+    "[0, 1 - 1/C]": lambda c, s: 1.0 - 1.0 / c,
+    "[0, log C]": lambda c, s: math.log(c),
+    "[0, 1 - 1/S]": lambda c, s: 1.0 - 1.0 / max(s, 1),
+    "[0, 0.5]": lambda c, s: 0.5,
+}
+
+_SETTLES = "Settles 2009, Active Learning Literature Survey"
+_GAL = "Gal, Islam and Ghahramani 2017, Deep Bayesian Active Learning with Image Data"
+
+LEAST_CONFIDENCE = Measure(
+    "least_confidence", "softmax", "least confidence", "1 - p1", "[0, 1 - 1/C]", _SETTLES, True
+)
+MARGIN = Measure(
     "margin",
+    "softmax",
+    "margin",
+    "1 - (p1 - p2)",
+    "[0, 1]",
+    "Scheffer, Decomain and Wrobel 2001; " + _SETTLES,
+    True,
+)
+ENTROPY = Measure(
     "entropy",
-    "normalised_entropy",
-    "ratio",
+    "softmax",
+    "entropy",
+    "H(p) = -sum_c p_c log p_c",
+    "[0, log C]",
+    "Shannon 1948; " + _SETTLES,
+    True,
 )
-ENSEMBLE_MEASURES: tuple[str, ...] = (
+NORMALISED_ENTROPY = Measure(
+    "normalised_entropy", "softmax", "normalised entropy", "H(p) / log C", "[0, 1]", _SETTLES
+)
+RATIO = Measure("ratio", "softmax", "ratio of the top two", "p2 / p1", "[0, 1]", _SETTLES)
+PREDICTIVE_ENTROPY = Measure(
     "predictive_entropy",
-    "expected_entropy",
-    "mutual_information",
-    "variation_ratio",
-    "mean_std",
+    "ensemble",
+    "predictive entropy",
+    "H(mean_s p_s)",
+    "[0, log C]",
+    _GAL,
+    True,
 )
+EXPECTED_ENTROPY = Measure(
+    "expected_entropy",
+    "ensemble",
+    "expected entropy (aleatoric part)",
+    "mean_s H(p_s)",
+    "[0, log C]",
+    "Depeweg et al. 2018, Decomposition of Uncertainty in Bayesian Deep Learning",
+)
+MUTUAL_INFORMATION = Measure(
+    "mutual_information",
+    "ensemble",
+    "mutual information (BALD, epistemic)",
+    "H(mean_s p_s) - mean_s H(p_s)",
+    "[0, log C]",
+    "Houlsby et al. 2011, Bayesian Active Learning for Classification and Preference "
+    "Learning; " + _GAL,
+    True,
+)
+VARIATION_RATIO = Measure(
+    "variation_ratio",
+    "ensemble",
+    "variation ratio",
+    "1 - (votes of the modal class) / S",
+    "[0, 1 - 1/S]",
+    "Freeman 1965; " + _GAL,
+    True,
+)
+MEAN_STD = Measure(
+    "mean_std",
+    "ensemble",
+    "mean standard deviation",
+    "mean_c std_s p_{s,c}",
+    "[0, 0.5]",
+    "Kampffmeyer, Salberg and Jenssen 2016",
+)
+
+MEASURES: dict[str, Measure] = {
+    m.name: m
+    for m in (
+        LEAST_CONFIDENCE,
+        MARGIN,
+        ENTROPY,
+        NORMALISED_ENTROPY,
+        RATIO,
+        PREDICTIVE_ENTROPY,
+        EXPECTED_ENTROPY,
+        MUTUAL_INFORMATION,
+        VARIATION_RATIO,
+        MEAN_STD,
+    )
+}
+"""Every measure by name, softmax ones first: the registry."""
+
+DEFAULT_MEASURE = ENTROPY.name
+"""The acquisition measure of a new project (works for a single network too)."""
+
+SOFTMAX_MEASURES: tuple[str, ...] = tuple(n for n, m in MEASURES.items() if m.family == "softmax")
+ENSEMBLE_MEASURES: tuple[str, ...] = tuple(n for n, m in MEASURES.items() if m.family == "ensemble")
 ALL_MEASURES: tuple[str, ...] = SOFTMAX_MEASURES + ENSEMBLE_MEASURES
+
+
+def get_measure(name: str) -> Measure:
+    """The measure called ``name``; ValueError naming the choices when there is none."""
+    try:
+        return MEASURES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown measure {name!r}; choose one of {', '.join(ALL_MEASURES)}"
+        ) from None
+
+
+def measure_table() -> str:
+    """The Markdown table of every measure (the README's table is checked against it)."""
+    lines = [
+        "| measure | label | family | needs samples | formula | range | reference |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in MEASURES.values():
+        samples = "yes" if m.needs_samples else "no"
+        lines.append(
+            f"| `{m.name}` | {m.label} | {m.family} | {samples} | `{m.formula}` | {m.range} "
+            f"| {m.reference} |"
+        )
+    return "\n".join(lines) + "\n"
+
 
 EPS = 1e-12
 """Lower clip of probabilities inside logarithms (representable in float32)."""

@@ -23,6 +23,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from activeseg.uncertainty.labels import UNLABELLED
+
 __all__ = [
     "PoolHow",
     "class_weights_from_labels",
@@ -212,7 +214,7 @@ def labelled_fraction(
     label_mask: npt.ArrayLike,
     labels: npt.ArrayLike,
     n_regions: int,
-    ignore_index: int = 255,
+    ignore_index: int = UNLABELLED,
 ) -> Scores:
     """Fraction of each region's pixels that already carry a label -> float64 ``[R]`` in [0, 1].
 

@@ -20,6 +20,8 @@ import numpy.typing as npt
 from skimage.segmentation import slic
 from skimage.util import img_as_float
 
+from activeseg.uncertainty.labels import UNLABELLED
+
 __all__ = [
     "SLIC_MAX_UNTILED_PIXELS",
     "SLIC_TILE",
@@ -348,7 +350,10 @@ def region_count_off(n_regions: int, expected: float, factor: float = 2.0) -> bo
 
 
 def majority_pixels(
-    region_labels: npt.ArrayLike, mask: npt.ArrayLike, n_regions: int, ignore_index: int = 255
+    region_labels: npt.ArrayLike,
+    mask: npt.ArrayLike,
+    n_regions: int,
+    ignore_index: int = UNLABELLED,
 ) -> tuple[int, int]:
     """How pure the regions are with respect to a label mask.
 

@@ -17,6 +17,7 @@ import torch
 
 from activeseg.datasets.digits import digits
 from activeseg.models.config import ModelConfig
+from activeseg.models.evaluation import PixelReservoir, evaluate
 from activeseg.models.inference import Predictor
 from activeseg.models.unet import UNet
 from activeseg.reports.build import ReportOptions, model_sections
@@ -190,14 +191,66 @@ def test_report_numbers_equal_the_uncertainty_core(method: str, data) -> None:  
     assert shift["conditions"]["uniform_noise"]["accuracy"] is None
 
 
-def test_pixel_cap_samples_uniformly_per_image(data) -> None:  # type: ignore[no-untyped-def]
+def test_pixel_cap_samples_with_the_trainers_reservoir(data) -> None:  # type: ignore[no-untyped-def]
+    """The cap keeps the pixels a PixelReservoir of the same seed keeps, fed image by image."""
     images, masks = data
     sample = collect_pixels(
         fixed_predictor("single", None), images, masks, temperature=None, max_pixels=400, seed=3
     )
-    assert sample.n_pixels == 400 and np.bincount(sample.image_index).tolist() == [100] * 4
+    reservoir = PixelReservoir(400, 3)
+    for index, mask in enumerate(masks):
+        labelled = np.flatnonzero(mask.reshape(-1) != 255)
+        reservoir.add({"index": np.full(labelled.size, index), "pixel": labelled})
+    kept = reservoir.columns
+    assert sample.n_pixels == 400
+    assert sample.image_index.tolist() == kept["index"].tolist()
+    flat = np.concatenate([m.reshape(-1) for m in masks])
+    offsets = np.cumsum([0] + [m.size for m in masks])[kept["index"]]
+    assert sample.labels.tolist() == flat[offsets + kept["pixel"]].tolist()
     assert sample.n_pixels_total == sum(int((m != 255).sum()) for m in masks)
     assert (sample.labels != 255).all()
+
+
+@pytest.mark.parametrize(("method", "temperature"), [("mc_dropout", None), ("single", 1.7)])
+def test_trainer_metrics_equal_the_report_figures(data, method, temperature) -> None:  # type: ignore[no-untyped-def]
+    """One pipeline: the trainer's metrics (models.evaluation.evaluate, what a retrain stores)
+    and the report's figures for the same model and pixels are the same numbers. The trainer
+    serves with the temperature, so its figures are the report's "after" and its entropy is
+    the report's temperature-scaled entropy row."""
+    images, masks = data
+    metrics = evaluate(fixed_predictor(method, temperature), images, masks, 11)
+    sections = model_sections(
+        fixed_predictor(method, None),
+        images,
+        masks,
+        split="val",
+        temperature=temperature,
+        options=ReportOptions(shift=False, n_boot=10),
+    )
+    cal = sections["calibration"]["after" if temperature else "before"]
+    for key in ("ece", "mce", "brier", "nll"):
+        assert metrics[key] == pytest.approx(cal[key], rel=1e-5, abs=1e-9), key
+    assert metrics["calibration_accuracy"] == pytest.approx(cal["accuracy"], abs=1e-12)
+    assert metrics["reliability"]["count"] == cal["reliability"]["count"]
+    det = sections["error_detection"]
+    rows = {r["measure"]: r for r in det["rows"]}
+    assert metrics["error_detection_pixels"] == det["n_pixels"]
+    assert metrics["foreground_pixels"] == det["foreground"]["n_pixels"]
+    pairs = (
+        {"entropy": "entropy_t"}
+        if temperature
+        else {n: n for n in rows if n in metrics["error_detection"]}
+    )
+    assert len(pairs) >= (1 if temperature else 6)
+    for trainer_name, report_name in pairs.items():
+        row = rows[report_name]
+        for scope, theirs in (
+            ("error_detection", row),
+            ("error_detection_foreground", row["foreground"]),
+        ):
+            ours = metrics[scope][trainer_name]
+            assert ours["auroc"] == pytest.approx(theirs["auroc"], abs=1e-12), trainer_name
+            assert ours["aupr"] == pytest.approx(theirs["aupr"], abs=1e-12), trainer_name
 
 
 def test_perturbations_keep_shape_and_dtype(data) -> None:  # type: ignore[no-untyped-def]

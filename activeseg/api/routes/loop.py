@@ -14,6 +14,7 @@ from activeseg.api.routes.jobs import start_job
 from activeseg.api.schemas import MAX_ROW_ID, NO_NUL, JobPublic, Page, RowId
 from activeseg.core.errors import NotFound
 from activeseg.core.services import auth, jobs, links, models, rounds, score_images
+from activeseg.uncertainty.measures import DEFAULT_MEASURE
 
 router = APIRouter(tags=["active learning"], responses=error_responses(403, 404, 409))
 
@@ -225,7 +226,7 @@ def uncertainty_png(
     who: UserOrLink,
     db: DbDep,
     store: StoreDep,
-    measure: Annotated[str, Query(max_length=40)] = "entropy",
+    measure: Annotated[str, Query(max_length=40)] = DEFAULT_MEASURE,
     overlay_image: Annotated[bool, Query(alias="overlay")] = False,
 ) -> Response:
     """The active model's uncertainty heatmap of the image (inferno colours, bright = unsure),

@@ -29,8 +29,7 @@ from activeseg.core.errors import Invalid
 from activeseg.core.services import labels
 from activeseg.core.storage import BlobStore
 from activeseg.core.tables import Image, LabelRevision, ToolAnnotation
-
-UNLABELLED = 255
+from activeseg.uncertainty.labels import UNLABELLED
 
 
 @dataclass

@@ -13,11 +13,12 @@ from activeseg.core.errors import NotFound
 from activeseg.core.imaging import decode_index, decode_mask, encode_png
 from activeseg.core.storage import BlobStore
 from activeseg.core.tables import Image, LabelRevision, Project
+from activeseg.uncertainty.labels import UNLABELLED
 
 
 def unlabelled_mask(image: Image) -> np.ndarray:
     """uint8 [H, W] of 255: the mask of an image nobody has labelled yet."""
-    return np.full((image.height, image.width), 255, dtype=np.uint8)
+    return np.full((image.height, image.width), UNLABELLED, dtype=np.uint8)
 
 
 # Built once: the image row locked and read afresh, with the blob key of its current mask.
@@ -167,7 +168,7 @@ def _store_revision(
     idempotency_key: str | None,
 ) -> LabelRevision:
     """``mask`` as the next revision of ``locked`` (held by :func:`lock_image`)."""
-    labelled = int(np.count_nonzero(mask != 255))
+    labelled = int(np.count_nonzero(mask != UNLABELLED))
     key = store.put(encode_png(mask))
     rev = LabelRevision(
         image_id=locked.id,

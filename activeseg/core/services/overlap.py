@@ -41,8 +41,7 @@ from activeseg.core.tables import (
     TaskState,
     User,
 )
-
-UNLABELLED = 255
+from activeseg.uncertainty.labels import UNLABELLED
 
 
 def consensus(windows: list[np.ndarray], inside: np.ndarray) -> np.ndarray:

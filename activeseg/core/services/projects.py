@@ -17,6 +17,7 @@ from activeseg.core.project_config import (
 )
 from activeseg.core.services.auth import get_project_for
 from activeseg.core.tables import Project, ProjectMember, Role, User
+from activeseg.uncertainty.labels import UNLABELLED
 
 
 def _validated_classes(classes: list[ClassDef]) -> list[dict[str, Any]]:
@@ -40,7 +41,7 @@ def create_project(
         name=name,
         description=description,
         classes=_validated_classes(classes),
-        ignore_index=255,
+        ignore_index=UNLABELLED,
         settings=(settings or ProjectSettings()).model_dump(),
     )
     session.add(project)

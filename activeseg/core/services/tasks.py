@@ -34,6 +34,7 @@ from activeseg.core.tables import (
     User,
 )
 from activeseg.uncertainty.annotation_cost import answer_errors, patch_clicks, region_clicks
+from activeseg.uncertainty.labels import UNLABELLED
 from activeseg.uncertainty.regions import RegionMap
 
 QUEUED, LEASED = TaskState.queued.value, TaskState.leased.value
@@ -265,12 +266,12 @@ def read_answer(task: Task, regions: RegionMap, n_classes: int, sub: Submission)
                 f"give one class for each region of the task: {sorted(ids)}; got "
                 f"{sorted(sub.region_classes)}"
             )
-        table = np.full(regions.n_regions, 255, np.int32)
+        table = np.full(regions.n_regions, UNLABELLED, np.int32)
         for region, cls in sub.region_classes.items():
             if not 0 <= cls < n_classes:
                 raise Invalid(f"class {cls} is not a class of this project (0..{n_classes - 1})")
             table[region] = cls
-        window = np.where(inside, table[window_labels], 255).astype(np.uint8)
+        window = np.where(inside, table[window_labels], UNLABELLED).astype(np.uint8)
         return _Answer((y0, x0, y1, x1), inside, window, region_clicks(len(ids)))
     assert sub.patch is not None
     if sub.patch.shape != (y1 - y0, x1 - x0):
@@ -278,10 +279,10 @@ def read_answer(task: Task, regions: RegionMap, n_classes: int, sub: Submission)
             f"the patch must cover the task's bounding box: {y1 - y0}x{x1 - x0} "
             f"(height x width), got {sub.patch.shape[0]}x{sub.patch.shape[1]}"
         )
-    check_mask_values(sub.patch, n_classes, 255, "patch")
-    if np.any((sub.patch != 255) & ~inside):
+    check_mask_values(sub.patch, n_classes, UNLABELLED, "patch")
+    if np.any((sub.patch != UNLABELLED) & ~inside):
         raise Invalid("the patch labels pixels outside the task's regions; set them to 255")
-    if not np.any(sub.patch[inside] != 255):
+    if not np.any(sub.patch[inside] != UNLABELLED):
         # Stored, it would be a revision that labels nothing (or erases earlier labels) and a
         # "submitted" task that taught the model nothing.
         raise Invalid(
