@@ -291,7 +291,7 @@ def workers(n: int, log_dir: Path, tag: str) -> Iterator[Workers]:
     """``n`` worker processes, each ready (answers a ping); stopped by pid on the way out."""
     from activeseg.worker.app import celery_app
 
-    cmd = [sys.executable, "-m", "activeseg.client.cli", "worker", "--concurrency", "1",
+    cmd = [sys.executable, "-m", "activeseg.cli", "worker", "--concurrency", "1",
            "--loglevel", "WARNING"]  # fmt: skip
     w = Workers([])
     logs = []

@@ -135,7 +135,7 @@ def batched_engine(api: ApiClient, pid: int, files: list[Path], workers: int) ->
 def batched_cli(url: str, token: str, pid: int, folder: Path, workers: int, home: Path) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACTIVESEG_")}
     env.update(ACTIVESEG_URL=url, ACTIVESEG_TOKEN=token, XDG_CACHE_HOME=str(home))
-    cmd = [sys.executable, "-m", "activeseg.client.cli", "upload", str(pid), str(folder)]
+    cmd = [sys.executable, "-m", "activeseg.cli", "upload", str(pid), str(folder)]
     proc = subprocess.run(
         [*cmd, "--workers", str(workers)], env=env, capture_output=True, text=True, check=False
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from activeseg.client.simulate import annotate_queue, embedded_service
+from activeseg.admin.simulation import annotate_queue, embedded_service
 from activeseg.datasets.registry import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,11 +14,7 @@ import activeseg
 
 ROOT = Path(__file__).resolve().parents[1]
 
-KNOWN_CYCLES = {
-    # Removed by the CLI/webhook change (notify moves into jobs): delete this entry, and the
-    # matching ignore_imports lines in pyproject.toml, after merging it.
-    frozenset({"activeseg.integrations.webhooks", "activeseg.jobs.runner"}),
-}
+KNOWN_CYCLES: set[frozenset[str]] = set()
 """Cycles allowed for now, each as the set of its modules."""
 
 

@@ -94,7 +94,7 @@ def test_compose_config_rejects_a_broken_file(tmp_path: Path) -> None:
 def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **stack.env}
     return subprocess.run(
-        [sys.executable, "-m", "activeseg.client.cli", *args],
+        [sys.executable, "-m", "activeseg.cli", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -125,7 +125,7 @@ def test_cli_migrate_user_and_token_lifecycle(stack: Stack) -> None:
 @pytest.mark.parametrize("args", [["--help"], ["serve", "--help"], ["worker", "--help"]])
 def test_cli_help_documents_every_command(args: list[str]) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "activeseg.client.cli", *args],
+        [sys.executable, "-m", "activeseg.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -28,8 +28,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 SPLITS = ("pool", "train", "val", "test")
 ACTIVE = ("pending", "queued", "running", "waiting")
 PALETTE = ("#000000", "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4")
-# Test hook, read as Settings.upload_stop_after: exit abruptly once this many files are
-# stored (simulates a killed upload).
+# Test hook (tests/client/test_cli.py), read with the client's other environment variables in
+# upload_stop_after(): exit abruptly once this many files are stored, as a killed upload would.
 STOP_AFTER_ENV = "ACTIVESEG_UPLOAD_STOP_AFTER"
 RESUME = "run the same command again to upload the rest"
 
@@ -58,6 +58,15 @@ def read_config() -> dict[str, str]:
     if os.environ.get("ACTIVESEG_TOKEN"):
         data["token"] = os.environ["ACTIVESEG_TOKEN"]
     return data
+
+
+def upload_stop_after() -> int:
+    """The test hook ``ACTIVESEG_UPLOAD_STOP_AFTER`` (0 = never). The client reads its own
+    environment (it imports nothing of the server, so not the server's settings)."""
+    raw = os.environ.get(STOP_AFTER_ENV, "0") or "0"
+    if not raw.isdigit():
+        _fail(f"{STOP_AFTER_ENV}={raw!r}: use a whole number of files, 0 or more")
+    return int(raw)
 
 
 def write_config(url: str, token: str) -> Path:
@@ -285,7 +294,6 @@ def upload(
     a file sent twice is stored once. A file the server refuses (corrupt, too large) is named,
     the others still land; the exit status is 1 only then."""
     from activeseg.client.bulk_upload import BatchLimits, BulkUploader
-    from activeseg.core.settings import get_settings
 
     if split not in SPLITS:
         _fail(f"--split {split!r}: use one of {', '.join(SPLITS)}")
@@ -295,7 +303,7 @@ def upload(
         log, todo, skipped = _journaled(api, proj, files, journal)
         progress = UploadProgress(len(todo))
         api.on_wait = progress.waiting
-        recorder = _BatchRecorder(log, progress, get_settings().upload_stop_after)
+        recorder = _BatchRecorder(log, progress, upload_stop_after())
         uploader = BulkUploader(
             api,
             proj["id"],

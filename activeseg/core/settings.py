@@ -75,11 +75,10 @@ class Settings(BaseSettings):
     link_ttl_s: int = Field(default=DEFAULT_LINK_TTL_S, ge=MIN_LINK_TTL_S, le=MAX_LINK_TTL_S)
     # Test hooks, unset outside the tests that need them. failpoints: comma-separated
     # "point:kind" pairs where a worker holds until killed, touching a file in failpoint_dir
-    # (activeseg.core.failpoints, tests/reliability). upload_stop_after: `activeseg upload`
-    # exits abruptly once this many files are stored, as a killed upload would (0 = never).
+    # (activeseg.core.failpoints, tests/reliability). (The client's own hook,
+    # ACTIVESEG_UPLOAD_STOP_AFTER, is read by the client: activeseg.client.commands.)
     failpoints: str = ""
     failpoint_dir: Path = Path(".")
-    upload_stop_after: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:

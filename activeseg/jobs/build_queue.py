@@ -54,7 +54,7 @@ from activeseg.core.services.scores import (
 )
 from activeseg.core.services.tasks import mark_stale, open_region_keys
 from activeseg.core.tables import Image, ModelVersion, Project, Round, Split, Task
-from activeseg.integrations.webhooks import notify
+from activeseg.jobs.notify import notify
 from activeseg.jobs.runner import JobContext
 from activeseg.uncertainty.measures import get_measure
 from activeseg.uncertainty.pooling import labelled_fraction

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from activeseg.core.db import Database
 from activeseg.core.settings import Settings
 from activeseg.core.storage import BlobStore
@@ -10,7 +12,7 @@ from activeseg.jobs.build_queue import build_queue
 from activeseg.jobs.deliver_webhook import deliver_webhook
 from activeseg.jobs.evaluate import evaluate
 from activeseg.jobs.retrain import retrain
-from activeseg.jobs.runner import Dispatcher, JobFunction, run_job
+from activeseg.jobs.runner import Dispatcher, JobFunction, RetryLater, run_job
 from activeseg.jobs.score_pool import score_pool
 from activeseg.jobs.sweep_orphan_blobs import sweep_orphan_blobs
 from activeseg.jobs.verify_storage import verify_storage
@@ -28,14 +30,20 @@ JOB_FUNCTIONS: dict[str, JobFunction] = {
 
 def inline_dispatcher(db: Database, store: BlobStore, settings: Settings) -> Dispatcher:
     """Run each dispatched job at once in this process (follow-ups recursively): the same job
-    functions and runner as a Celery worker, without a broker."""
+    functions and runner as a Celery worker, without a broker. A job that asks to run again
+    later (RetryLater) is run again here after its countdown: there is no worker to hold."""
 
     def dispatch(job_id: int) -> bool:
         with db.session() as s:
             job = s.get(Job, job_id)
             assert job is not None
             kind = job.kind
-        run_job(db, store, settings, job_id, JOB_FUNCTIONS[kind], dispatch)
-        return True
+        while True:
+            try:
+                run_job(db, store, settings, job_id, JOB_FUNCTIONS[kind], dispatch)
+            except RetryLater as exc:
+                time.sleep(exc.countdown_s)
+                continue
+            return True
 
     return dispatch

@@ -22,7 +22,7 @@ from activeseg.core.services.labels import read_mask, with_mask_key
 from activeseg.core.services.models import load_predictor, model_config_for, project_in_channels
 from activeseg.core.services.projects import project_settings
 from activeseg.core.tables import Image, ModelState, ModelVersion, Project, Split
-from activeseg.integrations.webhooks import notify
+from activeseg.jobs.notify import notify
 from activeseg.jobs.runner import JobContext
 
 log = logging.getLogger(__name__)

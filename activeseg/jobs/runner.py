@@ -27,7 +27,7 @@ from activeseg.core.services.jobs import request_job
 from activeseg.core.settings import Settings
 from activeseg.core.storage import BlobStore
 from activeseg.core.tables import Job, JobState
-from activeseg.integrations.webhooks import notify
+from activeseg.jobs.notify import notify
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,17 @@ class JobBusy(Exception):
 
 class TransientError(Exception):
     """Worth retrying: the database or broker was briefly unreachable."""
+
+
+class RetryLater(Exception):  # noqa: N818 - an instruction, like Celery's own Retry
+    """Raised by a job that wants to run again in ``countdown_s`` seconds (a webhook whose
+    receiver failed): the job goes back to ``queued`` with ``reason`` as its message and the
+    caller schedules the rerun (the Celery shell: a retry with that countdown), so no worker
+    waits in between."""
+
+    def __init__(self, countdown_s: float, reason: str) -> None:
+        super().__init__(reason)
+        self.countdown_s, self.reason = countdown_s, reason
 
 
 TRANSIENT = (OperationalError, ConnectionError, TimeoutError, TransientError)
@@ -234,7 +245,8 @@ def run_job(
     fn: JobFunction,
     dispatch: Dispatcher,
 ) -> dict[str, Any] | None:
-    """Run ``fn`` for job ``job_id``. Transient errors propagate (the shell retries); any other
+    """Run ``fn`` for job ``job_id``. Transient errors and :class:`RetryLater` propagate (the
+    shell retries; the job is left ``queued``); any other
     error marks the job failed with :func:`failure_detail` as its ``error`` (the traceback goes
     to the log) and does not propagate."""
     job = claim(db, job_id, settings.job_stale_after_s)
@@ -256,6 +268,9 @@ def run_job(
     beat.start()
     try:
         result = fn(ctx, **params)
+    except RetryLater as exc:
+        _requeue(db, job_id, exc.reason)
+        raise
     except TRANSIENT:
         _finish(db, job_id, JobState.queued, error=None, message="transient error; will retry")
         raise
@@ -343,6 +358,19 @@ def _complete_parent_if_done(ctx: JobContext, parent_id: int) -> None:
         won = res.rowcount == 1  # type: ignore[attr-defined]
     if won:
         _after_success(ctx, parent_id)
+
+
+def _requeue(db: Database, job_id: int, message: str) -> None:
+    """Back to ``queued`` for a scheduled rerun; ``dispatched_at`` is now, when its next
+    message is sent, so the maintenance sweep resends it only if that message is lost."""
+    with db.session() as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                state=JobState.queued.value, message=message[:2000], dispatched_at=datetime.now(UTC)
+            )
+        )
 
 
 def _finish(

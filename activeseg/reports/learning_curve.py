@@ -6,7 +6,7 @@ rounds opened by then, and its mIoU (``metrics["test"]["miou"]`` when the projec
 test images, else the val ``miou``; each point says which).
 
 A baseline is a ``curve.csv`` written by ``activeseg simulate`` (columns of
-:data:`activeseg.client.simulate.CSV_FIELDS`; at least ``round``, ``labelled_fraction``,
+:data:`activeseg.admin.simulation.CSV_FIELDS`; at least ``round``, ``labelled_fraction``,
 ``labelled_regions`` and ``test_miou``), attached with ``POST /projects/{id}/baseline``: the
 curves it holds (usually ``random``) are averaged over seeds per round and drawn next to the
 project's curve.

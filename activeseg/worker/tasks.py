@@ -10,7 +10,7 @@ from celery import Task
 
 from activeseg.core.settings import get_settings
 from activeseg.jobs.registry import JOB_FUNCTIONS
-from activeseg.jobs.runner import TRANSIENT, JobBusy, JobFunction, run_job
+from activeseg.jobs.runner import TRANSIENT, JobBusy, JobFunction, RetryLater, run_job
 from activeseg.worker import runtime
 from activeseg.worker.app import celery_app
 from activeseg.worker.dispatch import dispatch, run_maintenance, task_name
@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 def job_task(kind: str) -> Callable[[JobFunction], Task]:
     """The house decorator: name ``activeseg.<kind>``, retries with backoff on transient
-    errors only (database or broker unreachable), never on a bug or bad input."""
+    errors only (database or broker unreachable), never on a bug or bad input; a job that
+    asks to run again later (RetryLater) is retried with its own countdown."""
 
     def decorate(fn: JobFunction) -> Task:
         @celery_app.task(
@@ -45,6 +46,11 @@ def job_task(kind: str) -> Callable[[JobFunction], Task]:
             except JobBusy as exc:
                 countdown = get_settings().job_stale_after_s
                 raise self.retry(exc=exc, countdown=countdown, max_retries=20) from exc
+            except RetryLater as exc:
+                # The job bounds its own reruns (a webhook's attempts): Celery's count of
+                # retries so far (transient ones included) must not refuse this one.
+                allow = self.request.retries + 1
+                raise self.retry(exc=exc, countdown=exc.countdown_s, max_retries=allow) from exc
 
         return shell
 

@@ -149,7 +149,7 @@ def test_cli_uploads_1000_small_images_with_default_limits_and_exits_0(tmp_path:
             [
                 sys.executable,
                 "-m",
-                "activeseg.client.cli",
+                "activeseg.cli",
                 "upload",
                 str(pid),
                 str(tmp_path / "imgs"),
@@ -178,7 +178,7 @@ def test_cli_waits_out_a_real_429_and_completes(tmp_path: Path) -> None:
         pid, token = engineer_on_project(srv)
         shas = write_images(tmp_path / "imgs", 70, seed=2000)
         start = srv.clock.now
-        cmd = [sys.executable, "-m", "activeseg.client.cli", "upload", str(pid)]
+        cmd = [sys.executable, "-m", "activeseg.cli", "upload", str(pid)]
         cmd += [str(tmp_path / "imgs"), "--workers", "1", "--batch-files", "20"]
         proc = subprocess.Popen(
             cmd,
@@ -268,7 +268,7 @@ def test_cli_names_refused_files_and_exits_1_only_for_them(
     (tmp_path / "imgs" / "broken.png").write_bytes(b"garbage")
     (tmp_path / "imgs" / "empty.png").write_bytes(b"")
     proc = subprocess.run(
-        [sys.executable, "-m", "activeseg.client.cli", "upload", str(pid), str(tmp_path / "imgs")],
+        [sys.executable, "-m", "activeseg.cli", "upload", str(pid), str(tmp_path / "imgs")],
         env=cli_env(stack.base_url, token, tmp_path / "home"),
         capture_output=True,
         text=True,

@@ -22,7 +22,7 @@ from tests.utils import build_queue_inline, image_bytes, make_user, png_bytes
 
 def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [sys.executable, "-m", "activeseg.client.cli", *args],
+        [sys.executable, "-m", "activeseg.cli", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -230,7 +230,7 @@ def test_jobs_follow_shows_a_job_until_it_ends(stack: Stack, admin, cli) -> None
         [
             sys.executable,
             "-m",
-            "activeseg.client.cli",
+            "activeseg.cli",
             "jobs",
             str(pid),
             "--follow",

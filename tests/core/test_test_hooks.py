@@ -1,4 +1,5 @@
-"""Test hooks are settings: the same ACTIVESEG_* variables, read through core.settings."""
+"""The server's test hooks are settings: the same ACTIVESEG_* variables, read through
+core.settings."""
 
 from __future__ import annotations
 
@@ -13,14 +14,12 @@ from activeseg.core.settings import Settings
 def test_hooks_are_read_from_the_environment_as_settings(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    assert (Settings().failpoints, Settings().upload_stop_after) == ("", 0)
+    assert Settings().failpoints == ""
     monkeypatch.setenv("ACTIVESEG_FAILPOINTS", "job.progress:score,job.before_finish:retrain")
     monkeypatch.setenv("ACTIVESEG_FAILPOINT_DIR", str(tmp_path))
-    monkeypatch.setenv("ACTIVESEG_UPLOAD_STOP_AFTER", "3")
     settings = Settings()
     assert settings.failpoints == "job.progress:score,job.before_finish:retrain"
     assert settings.failpoint_dir == tmp_path
-    assert settings.upload_stop_after == 3
 
 
 def test_a_failpoint_not_named_passes_straight_through(tmp_path: Path) -> None:
@@ -29,9 +28,3 @@ def test_a_failpoint_not_named_passes_straight_through(tmp_path: Path) -> None:
     failpoints.hit("job.before_finish", "score", 7, settings)  # another kind
     failpoints.hit("job.before_finish", "retrain", 7, Settings())  # none set
     assert list(tmp_path.iterdir()) == []
-
-
-def test_a_negative_stop_after_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ACTIVESEG_UPLOAD_STOP_AFTER", "-1")
-    with pytest.raises(ValueError, match="upload_stop_after"):
-        Settings()

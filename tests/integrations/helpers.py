@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -95,6 +96,7 @@ class Receiver:
     statuses: list[int] = field(default_factory=list)
     requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     url: str = ""
+    times: list[float] = field(default_factory=list)  # time.monotonic() of each request
 
 
 @contextmanager
@@ -105,6 +107,7 @@ def receiver(statuses: list[int] | None = None) -> Iterator[Receiver]:
         def do_POST(self) -> None:  # noqa: N802 - http.server's name
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             rec.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            rec.times.append(time.monotonic())
             code = rec.statuses.pop(0) if rec.statuses else 200
             self.send_response(code)
             self.send_header("Content-Length", "2")

@@ -6,13 +6,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from typing import Any
 
 import pytest
 
 from activeseg.core.services.jobs import request_job
 from activeseg.integrations import webhooks
+from activeseg.jobs.deliver_webhook import deliver_webhook
 from activeseg.jobs.registry import inline_dispatcher
+from activeseg.jobs.runner import RetryLater, run_job
 from tests.conftest import Stack
 from tests.integrations.helpers import receiver
 from tests.utils import image_bytes, make_project, make_user, upload
@@ -119,3 +122,41 @@ def test_jobs_send_job_failed_and_queue_refilled(stack: Stack, admin) -> None:  
         run_inline(stack, failing.id)  # redelivered: already failed, nothing sent twice
         assert len(rec.requests) == 2
     assert admin.get(f"/projects/{pid}/webhooks/{other['id']}/deliveries").json()["count"] == 0
+
+
+def test_a_failed_attempt_ends_the_job_run_and_schedules_the_next_after_the_backoff(  # type: ignore[no-untyped-def]
+    stack: Stack, admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each run of the job makes one attempt: a failure with attempts left returns the job to
+    ``queued`` at once and asks for a rerun after 1, 2, 4, 8 s (nothing sleeps); the fifth
+    failure fails the job."""
+    monkeypatch.setattr(webhooks, "BACKOFF_S", 1.0)  # the documented waits
+    pid = make_project(admin)["id"]
+    with receiver([500] * 5) as rec:
+        hook = register(admin, pid, rec.url, ["job.failed"])
+        delivery = admin.post(f"/projects/{pid}/webhooks/{hook['id']}/ping").json()
+        job_id, countdowns = delivery["job_id"], []
+        started = time.monotonic()
+        for attempt in range(1, 5):
+            with pytest.raises(RetryLater) as asked:
+                run_job(
+                    stack.db, stack.store, stack.settings, job_id, deliver_webhook, lambda _: True
+                )  # type: ignore[arg-type]
+            countdowns.append(asked.value.countdown_s)
+            assert len(rec.requests) == attempt
+            job = admin.get(f"/jobs/{job_id}").json()
+            assert (
+                job["state"] == "queued"
+                and f"attempt {attempt} failed (HTTP 500)" in job["message"]
+            )
+            [row] = admin.get(f"/projects/{pid}/webhooks/{hook['id']}/deliveries").json()["data"]
+            assert row["state"] == "retrying" and len(row["attempts"]) == attempt
+        run_job(stack.db, stack.store, stack.settings, job_id, deliver_webhook, lambda _: True)  # type: ignore[arg-type]
+        assert time.monotonic() - started < sum(countdowns)  # no run waited for the next
+    assert countdowns == [1.0, 2.0, 4.0, 8.0]
+    assert len(rec.requests) == 5
+    job = admin.get(f"/jobs/{job_id}").json()
+    assert job["state"] == "failed" and "after 5 attempts: HTTP 500" in job["error"]
+    assert job["attempts"] == 5  # one run per attempt
+    [row] = admin.get(f"/projects/{pid}/webhooks/{hook['id']}/deliveries").json()["data"]
+    assert row["state"] == "failed" and [a["attempt"] for a in row["attempts"]] == [1, 2, 3, 4, 5]

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from activeseg.client.simulate import annotate_queue
+from activeseg.admin.simulation import annotate_queue
 from activeseg.core.tables import (
     ImageRegionScores,
     ImageScore,

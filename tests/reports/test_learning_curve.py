@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from activeseg.client.simulate import write_csv
+from activeseg.admin.simulation import write_csv
 from activeseg.reports.learning_curve import (
     aggregate_baseline,
     learning_curve_section,

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from activeseg.client.simulate import write_csv
+from activeseg.admin.simulation import write_csv
 from activeseg.core.project_config import ModelSettings, ProjectSettings
 from activeseg.core.services.jobs import request_job
 from activeseg.core.tables import Job, ModelVersion, User

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from activeseg.client.simulate import annotate_queue
+from activeseg.admin.simulation import annotate_queue
 from activeseg.core.tables import LabelRevision, ModelVersion, Round, Task
 from tests.conftest import Stack
 from tests.utils import make_user
@@ -36,8 +36,8 @@ FAST_WORKER = {
 
 def digits_project(admin, n: int = 24, **settings: Any) -> tuple[int, dict[int, np.ndarray]]:  # type: ignore[no-untyped-def]
     """A `digits` project created over HTTP, as `activeseg simulate` does it."""
+    from activeseg.admin.simulation import SimulationConfig, setup_project
     from activeseg.client.http import Client
-    from activeseg.client.simulate import SimulationConfig, setup_project
 
     cfg = SimulationConfig(
         count=n,

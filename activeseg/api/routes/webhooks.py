@@ -11,9 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from activeseg.api.deps import DbDep, Engineer
 from activeseg.api.errors import error_responses
 from activeseg.api.schemas import Page, RowId
-from activeseg.core.services import auth
+from activeseg.core.services import auth, webhooks
 from activeseg.core.tables import WebhookDelivery
-from activeseg.integrations import webhooks
 
 router = APIRouter(tags=["webhooks"], responses=error_responses(403, 404, 409))
 Event = Literal["model.trained", "queue.refilled", "job.failed"]

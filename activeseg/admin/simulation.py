@@ -102,7 +102,7 @@ def embedded_service(data_dir: Path, workers: int = 1, demo: bool = False) -> It
         [
             sys.executable,
             "-m",
-            "activeseg.client.cli",
+            "activeseg.cli",
             "serve",
             "--port",
             str(port),

@@ -92,8 +92,7 @@ class Serve:
         self.log = data_dir.parent / f"{data_dir.name}-serve-{self.port}.log"
         data_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "activeseg.client.cli", "serve", "--port", str(self.port)]
-            + list(args),
+            [sys.executable, "-m", "activeseg.cli", "serve", "--port", str(self.port)] + list(args),
             env=serve_env(data_dir, **settings),
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
@@ -298,7 +297,7 @@ STUBBORN = (
 )
 SUPERVISE = """
 import sys
-from activeseg.client.supervisor import Part, Supervisor
+from activeseg.admin.supervisor import Part, Supervisor
 parts = [
     Part("stubborn part", [sys.executable, "-c", {stubborn!r}]),
     Part("polite part", [sys.executable, "-c", "import time; time.sleep(600)"]),

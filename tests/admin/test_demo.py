@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from activeseg.client.cli import DEMO_FIRST_MODEL_S
+from activeseg.admin.demo import DEMO_FIRST_MODEL_S
 from activeseg.core.tables import Split
 from activeseg.datasets.importer import splits_for
-from tests.client.test_serve_signals import Serve, demo_ids, serves, start
+from tests.admin.test_serve_signals import Serve, demo_ids, serves, start
 
 __all__ = ["serves"]  # the fixture, used by name
 

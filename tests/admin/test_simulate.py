@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from activeseg.client import simulate
-from activeseg.client.http import Client
-from activeseg.client.simulate import (
+from activeseg.admin import simulation as simulate
+from activeseg.admin.simulation import (
     CSV_FIELDS,
     SimulationConfig,
     annotate_queue,
@@ -20,6 +19,7 @@ from activeseg.client.simulate import (
     project_settings,
     setup_project,
 )
+from activeseg.client.http import Client
 from activeseg.core.project_config import ProjectSettings
 from activeseg.core.tables import Split
 from activeseg.datasets.importer import splits_for
