@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from activeseg.core.services.models import load_predictor
 from activeseg.core.services.projects import project_settings
 from activeseg.core.services.regions import compute_region_map
+from activeseg.core.services.training_data import load_split
 from activeseg.core.tables import (
     Image,
     Job,
@@ -40,7 +41,6 @@ from activeseg.core.tables import (
     Task,
     TaskState,
 )
-from activeseg.jobs.retrain import load_split
 from activeseg.jobs.runner import JobContext
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def _held_out(
     """``(split, images, masks, note)``: the requested split, else val, else test."""
     candidates = (split,) if split else HELD_OUT_SPLITS
     for name in candidates:
-        _, images, masks, _ = load_split(ctx, project_id, (name,))
+        _, images, masks, _ = load_split(ctx.db, ctx.store, project_id, (name,))
         if images:
             if name == Split.val.value or split:
                 note = f"held-out images: {len(images)} labelled {name} images"
