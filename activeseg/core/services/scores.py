@@ -433,6 +433,18 @@ class ChunkCandidates:
         )
 
 
+def chunk_candidates(
+    mv_id: int, params: QueueParams, batches: Iterable[Sequence[ScoredImage]]
+) -> ChunkCandidates:
+    """What a scoring chunk offers the next queue: :func:`group_candidates` of each batch of
+    its images (a batch is computed in one vectorised pass), merged. Pure numpy: the keys are
+    hashed from (``params.seed``, ``mv_id``, image, region), so the result depends only on the
+    images, not on how they are batched or chunked."""
+    return ChunkCandidates.merge(
+        params, [group_candidates(mv_id, params, batch) for batch in batches if batch]
+    )
+
+
 def forget_candidates(db: Database, mv_id: int, image_ids: Sequence[int]) -> None:
     """Delete the candidates of the version's chunks that overlap ``image_ids``' id range:
     a chunk does this before it writes its scores, so a chunk that dies half-way leaves its
