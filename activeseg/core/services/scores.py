@@ -72,6 +72,7 @@ from activeseg.uncertainty.selection import (
     control_depth,
     draw_controls,
     hashed_gumbel,
+    interleave,
     ranked_controls,
     ranked_selection,
     select_regions,
@@ -510,6 +511,22 @@ class RoundPlan:
     chunks: int = 0
     recomputed: int = 0  # images recomputed from their rows (busy or labelled since scoring)
     reason: str = ""  # why the merged path was not taken
+
+    def lease_order(
+        self, rng: np.random.Generator
+    ) -> tuple[list[tuple[int, int, int]], npt.NDArray[np.bool_]]:
+        """The round's tasks in lease order: ``([(image, region, class)], is_control [B])``,
+        the controls placed at random positions drawn from ``rng`` (the round's stream)."""
+        n_sel = self.selected.size
+        order, is_control = interleave(
+            np.arange(n_sel), np.arange(n_sel, n_sel + self.controls.size), seed=rng
+        )
+        both = np.concatenate([self.selected, self.controls])[order]
+        picks = [
+            (int(i), int(r), int(c))
+            for i, r, c in zip(both["image"], both["region"], both["cls"], strict=True)
+        ]
+        return picks, is_control
 
     def pairs(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         def as_list(e: npt.NDArray[Any]) -> list[tuple[int, int]]:
