@@ -44,6 +44,7 @@ from activeseg.core.services.pool import (
     selection_class_counts,
 )
 from activeseg.core.services.pool import brief_write as _brief_write
+from activeseg.core.services.pool import write_batch as _write
 from activeseg.core.services.projects import project_settings
 from activeseg.core.services.regions import region_count_warning, region_sigma
 from activeseg.core.services.scores import (
@@ -62,6 +63,7 @@ from activeseg.uncertainty.regions import RegionMap
 log = logging.getLogger(__name__)
 __all__ = [
     "_brief_write",
+    "_write",
     "decode_heatmaps",
     "encode_heatmaps",
     "pool_image_ids",
@@ -163,7 +165,10 @@ class _Chunk:
         if settings.pooling == "class_balanced":
             counts = selection_class_counts(ctx.db, ctx.store, project_id, n_classes)
             self.weights = class_weights_from_labels(counts)
-        self.batches = ScoreBatches(ctx.db, mv_id, self.params, settings.measure, self.offers)
+        # _write looked up now, not at import: benchmarks/score_scale.py swaps it.
+        self.batches = ScoreBatches(
+            ctx.db, mv_id, self.params, settings.measure, self.offers, write=_write
+        )
         self.warnings: list[str] = []
 
     def add(

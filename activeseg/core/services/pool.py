@@ -144,14 +144,31 @@ def brief_write(db: Database) -> Iterator[Session]:
         time.sleep(time.perf_counter() - started)
 
 
+def write_batch(db: Database, mv_id: int, items: Sequence[ScoredImage], shown: str) -> None:
+    """The rows of ``items`` in one :func:`brief_write` transaction (:func:`replace_scores`)."""
+    if items:
+        with brief_write(db) as s:
+            replace_scores(s, mv_id, items, shown)
+
+
+BatchWriter = Callable[[Database, int, Sequence[ScoredImage], str], None]
+
+
 class ScoreBatches:
     """Writes a chunk's score rows in batches of ``WRITE_BATCH_IMAGES`` images (or
-    ``WRITE_BATCH_BYTES``), each in one :func:`brief_write`; with ``offers`` it keeps each
-    batch's candidates (:func:`group_candidates`) before writing it, and :meth:`candidates`
-    merges them: :func:`activeseg.core.services.scores.chunk_candidates` of the batches."""
+    ``WRITE_BATCH_BYTES``), each with ``write`` (one :func:`brief_write`); with ``offers`` it
+    keeps each batch's candidates (:func:`group_candidates`) before writing it, and
+    :meth:`candidates` merges them: :func:`activeseg.core.services.scores.chunk_candidates`
+    of the batches."""
 
     def __init__(
-        self, db: Database, mv_id: int, params: QueueParams, shown: str, offers: bool
+        self,
+        db: Database,
+        mv_id: int,
+        params: QueueParams,
+        shown: str,
+        offers: bool,
+        write: BatchWriter = write_batch,
     ) -> None:
         self.db = db
         self.mv_id = mv_id
@@ -160,6 +177,7 @@ class ScoreBatches:
         self.offers = offers
         self.pending: list[ScoredImage] = []
         self.offered: list[ImageCandidates] = []
+        self.write = write
 
     def add(self, item: ScoredImage) -> None:
         self.pending.append(item)
@@ -175,8 +193,7 @@ class ScoreBatches:
             return
         if self.offers:
             self.offered.append(group_candidates(self.mv_id, self.params, self.pending))
-        with brief_write(self.db) as s:
-            replace_scores(s, self.mv_id, self.pending, self.shown)
+        self.write(self.db, self.mv_id, self.pending, self.shown)
         self.pending = []
 
     def candidates(self) -> ChunkCandidates:
