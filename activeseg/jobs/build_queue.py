@@ -36,11 +36,12 @@ import logging
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 
 from activeseg.core.project_config import ProjectSettings
 from activeseg.core.services.labels import read_mask, with_mask_key
 from activeseg.core.services.projects import project_settings
+from activeseg.core.services.queue import Pick, RoundDraft, commit_round
 from activeseg.core.services.regions import (
     ensure_region_map,
     region_count_warning,
@@ -52,8 +53,8 @@ from activeseg.core.services.scores import (
     plan_queue,
     prune_scores,
 )
-from activeseg.core.services.tasks import mark_stale, open_region_keys
-from activeseg.core.tables import Image, ModelVersion, Project, Round, Split, Task
+from activeseg.core.services.tasks import open_region_keys
+from activeseg.core.tables import Image, ModelVersion, Project, Round, Split
 from activeseg.jobs.notify import notify
 from activeseg.jobs.runner import JobContext
 from activeseg.uncertainty.measures import get_measure
@@ -105,94 +106,33 @@ def plan_round(
 def build_queue(
     ctx: JobContext, model_version_id: int | None = None, strategy: str | None = None
 ) -> dict[str, Any]:
-    with ctx.db.read_session() as s:
-        done = s.scalar(select(Round).where(Round.job_id == ctx.job_id))
-        if done is not None:  # redelivered after the round was committed
-            return {"round": done.number, "tasks": done.n_tasks}
-        project = s.get(Project, ctx.project_id)
-        assert project is not None
-        settings = project_settings(project)
-        mv_id = model_version_id or project.active_model_id
-        mv = s.get(ModelVersion, mv_id) if mv_id else None
-        busy = open_region_keys(s, project.id, mv.id if mv is not None else None)
-        number = (
-            s.scalar(select(func.max(Round.number)).where(Round.project_id == project.id)) or 0
-        ) + 1
+    state = _round_state(ctx, model_version_id)
+    if isinstance(state, Round):  # redelivered after the round was committed
+        return {"round": state.number, "tasks": state.n_tasks}
+    project, settings, mv, busy, number = state
     measure = settings.measure
     single = mv is not None and mv.config.get("method") == "single"
     if single and get_measure(measure).needs_samples:
         raise ValueError(f"measure {measure!r} needs an ensemble or MC-dropout model")
     use_strategy = strategy or (settings.strategy if mv is not None else "random")
-    sigma = region_sigma(settings.region_kind, settings.slic_sigma)
     rng = np.random.default_rng([settings.seed, number])
-    extra: dict[str, Any] = {}
     if mv is None:
         picks, is_control, extra = _day_one(ctx, project.id, settings, busy, rng)
     else:
-        params = QueueParams.from_settings(settings, use_strategy)
-        plan = plan_queue(ctx.db, ctx.store, mv.id, params, busy_by_image(busy))
-        n_sel = plan.selected.size
-        order, is_control = interleave(
-            np.arange(n_sel), np.arange(n_sel, n_sel + plan.controls.size), seed=rng
-        )
-        both = np.concatenate([plan.selected, plan.controls])[order]
-        picks = [
-            (int(i), int(r), int(c))
-            for i, r, c in zip(both["image"], both["region"], both["cls"], strict=True)
-        ]
-        extra = {"candidates": plan.candidates, "path": plan.path, "chunks": plan.chunks}
-        if plan.recomputed:
-            extra["recomputed_images"] = plan.recomputed
-        if plan.reason:
-            extra["full_because"] = plan.reason
+        picks, is_control, extra = _from_scores(ctx, mv.id, settings, use_strategy, busy, rng)
     ctx.progress(0.8, f"planned {len(picks)} tasks")
-    measure_used = measure if mv is not None else "random"
-    task_rows = [
-        {
-            "project_id": project.id,
-            "image_id": image_id,
-            "regions": [region],
-            "region_key": str(region),
-            "region_kind": settings.region_kind,
-            "region_size": settings.region_size,
-            "region_sigma": sigma,
-            "model_version_id": mv.id if mv else None,
-            "measure": measure_used,
-            # Leased highest first: the first of the sampled order goes first.
-            "priority": -float(position),
-            "control": bool(control),
-            "proposed_classes": [cls] if mv is not None else None,
-        }
-        for position, ((image_id, region, cls), control) in enumerate(
-            zip(picks, is_control.tolist(), strict=True)
-        )
-    ]
-    # One write transaction, rows built before it opens: the round and its tasks appear
-    # together or not at all (the round row is what a redelivered job finds).
-    with ctx.db.session() as s:
-        stale = mark_stale(s, project.id, mv.id if mv is not None else None)
-        labelled = (
-            s.scalar(
-                select(func.coalesce(func.sum(Image.labelled_pixels), 0)).where(
-                    Image.project_id == project.id, Image.split == Split.pool.value
-                )
-            )
-            or 0
-        )
-        rnd = Round(
-            project_id=project.id,
-            number=number,
-            model_version_id=mv.id if mv else None,
-            measure=measure_used,
-            strategy=use_strategy,
-            n_tasks=len(picks),
-            labelled_pixels=int(labelled),
-            job_id=ctx.job_id,
-        )
-        s.add(rnd)
-        s.flush()
-        if task_rows:
-            s.execute(insert(Task), [{**row, "round_id": rnd.id} for row in task_rows])
+    draft = RoundDraft(
+        project_id=project.id,
+        number=number,
+        job_id=ctx.job_id,
+        model_version_id=mv.id if mv is not None else None,
+        measure=measure if mv is not None else "random",
+        strategy=use_strategy,
+        region=QueueParams.from_settings(settings).region,
+        picks=picks,
+        is_control=is_control.tolist(),
+    )
+    stale = commit_round(ctx.db, draft)
     notify(ctx, "queue.refilled", {"round": number, "tasks": len(picks)})
     result: dict[str, Any] = {
         "round": number,
@@ -203,11 +143,66 @@ def build_queue(
         "strategy": use_strategy,
         "seed": settings.seed,
     }
-    try:
-        result["pruned"] = prune_scores(ctx.db, ctx.store, project.id)
-    except Exception:  # noqa: BLE001 - housekeeping: the periodic sweep prunes again
-        log.warning("pruning the scores of project %s failed", project.id, exc_info=True)
+    pruned = _prune(ctx, project.id)
+    if pruned is not None:
+        result["pruned"] = pruned
     return result
+
+
+def _round_state(
+    ctx: JobContext, model_version_id: int | None
+) -> Round | tuple[Project, ProjectSettings, ModelVersion | None, set[tuple[int, str]], int]:
+    """The round this job already committed, or what a new round starts from: the project,
+    its settings, the version to queue with (None: day one), the busy regions and the
+    round's number."""
+    with ctx.db.read_session() as s:
+        done = s.scalar(select(Round).where(Round.job_id == ctx.job_id))
+        if done is not None:
+            return done
+        project = s.get(Project, ctx.project_id)
+        assert project is not None
+        settings = project_settings(project)
+        mv_id = model_version_id or project.active_model_id
+        mv = s.get(ModelVersion, mv_id) if mv_id else None
+        busy = open_region_keys(s, project.id, mv.id if mv is not None else None)
+        number = (
+            s.scalar(select(func.max(Round.number)).where(Round.project_id == project.id)) or 0
+        ) + 1
+    return project, settings, mv, busy, number
+
+
+def _from_scores(
+    ctx: JobContext,
+    mv_id: int,
+    settings: ProjectSettings,
+    strategy: str,
+    busy: set[tuple[int, str]],
+    rng: np.random.Generator,
+) -> tuple[list[Pick], np.ndarray, dict[str, Any]]:
+    """A round from the version's scores (merged from the chunks' candidates, or full)."""
+    params = QueueParams.from_settings(settings, strategy)
+    plan = plan_queue(ctx.db, ctx.store, mv_id, params, busy_by_image(busy))
+    picks, is_control = plan.lease_order(rng)
+    extra: dict[str, Any] = {
+        "candidates": plan.candidates,
+        "path": plan.path,
+        "chunks": plan.chunks,
+    }
+    if plan.recomputed:
+        extra["recomputed_images"] = plan.recomputed
+    if plan.reason:
+        extra["full_because"] = plan.reason
+    return picks, is_control, extra
+
+
+def _prune(ctx: JobContext, project_id: int) -> dict[str, int] | None:
+    """Prune the scores of versions no longer needed, after the round was committed; None
+    when that failed (logged)."""
+    try:
+        return prune_scores(ctx.db, ctx.store, project_id)
+    except Exception:  # noqa: BLE001 - housekeeping: the periodic sweep prunes again
+        log.warning("pruning the scores of project %s failed", project_id, exc_info=True)
+        return None
 
 
 def _day_one(

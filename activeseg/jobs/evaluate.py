@@ -29,6 +29,7 @@ from activeseg.core.services.models import load_predictor
 from activeseg.core.services.projects import project_settings
 from activeseg.core.services.regions import compute_region_map
 from activeseg.core.services.reports import latest_baseline_key
+from activeseg.core.services.training_data import load_split
 from activeseg.core.tables import (
     Image,
     ModelState,
@@ -39,7 +40,6 @@ from activeseg.core.tables import (
     Task,
     TaskState,
 )
-from activeseg.jobs.retrain import load_split
 from activeseg.jobs.runner import JobContext
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def _held_out(
     """``(split, images, masks, note)``: the requested split, else val, else test."""
     candidates = (split,) if split else HELD_OUT_SPLITS
     for name in candidates:
-        _, images, masks, _ = load_split(ctx, project_id, (name,))
+        _, images, masks, _ = load_split(ctx.db, ctx.store, project_id, (name,))
         if images:
             if name == Split.val.value or split:
                 note = f"held-out images: {len(images)} labelled {name} images"

@@ -10,48 +10,34 @@ finishes the chain.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 
-from activeseg.core.imaging import decode_image
 from activeseg.core.services.jobs import TRAIN_SPLITS
-from activeseg.core.services.labels import read_mask, with_mask_key
-from activeseg.core.services.models import load_predictor, model_config_for, project_in_channels
+from activeseg.core.services.models import (
+    NewVersion,
+    load_checkpoints,
+    load_predictor,
+    model_config_for,
+    project_in_channels,
+    save_checkpoints,
+    set_active_version,
+    store_version,
+)
 from activeseg.core.services.projects import project_settings
-from activeseg.core.tables import Image, ModelState, ModelVersion, Project, Split
+from activeseg.core.services.training_data import LabelledSplit, load_split
+from activeseg.core.tables import ModelState, ModelVersion, Project, Split
 from activeseg.jobs.notify import notify
 from activeseg.jobs.runner import JobContext
 
+if TYPE_CHECKING:
+    from activeseg.models.checkpoint import StateDict
+    from activeseg.models.config import ModelConfig
+    from activeseg.models.training import TrainProgress, TrainResult
+
 log = logging.getLogger(__name__)
-
-
-def load_split(
-    ctx: JobContext, project_id: int, splits: tuple[str, ...]
-) -> tuple[list[int], list[np.ndarray], list[np.ndarray], dict[str, int]]:
-    """Images with labels in ``splits``: ids, arrays, masks, and {image id: revision}. The rows
-    come from one read session; the blobs are read and decoded after it closed."""
-    with ctx.db.read_session() as s:
-        rows = list(
-            s.execute(
-                with_mask_key(
-                    select(Image)
-                    .where(
-                        Image.project_id == project_id,
-                        Image.split.in_(splits),
-                        Image.labelled_pixels > 0,
-                    )
-                    .order_by(Image.id)
-                )
-            ).all()
-        )
-    ids = [im.id for im, _ in rows]
-    images = [decode_image(ctx.store.get(im.blob_key)) for im, _ in rows]
-    masks = [read_mask(ctx.store, im, key) for im, key in rows]
-    snapshot = {str(im.id): im.current_revision for im, _ in rows}
-    return ids, images, masks, snapshot
 
 
 def retrain(
@@ -61,10 +47,6 @@ def retrain(
     chain: bool = True,
     trigger: str = "manual",
 ) -> dict[str, Any]:
-    from activeseg.models.checkpoint import state_from_bytes, state_to_bytes
-    from activeseg.models.evaluation import evaluate, fit_temperature_on
-    from activeseg.models.training import TrainProgress, train
-
     with ctx.db.read_session() as s:
         project = s.get(Project, ctx.project_id)
         assert project is not None
@@ -77,136 +59,133 @@ def retrain(
         mv_id = existing.id
     else:
         config = model_config_for(project, in_channels, ctx.settings)
-        ctx.progress(0.01, "loading labels", force=True)
-        _, images, masks, snapshot = load_split(ctx, project.id, TRAIN_SPLITS)
-        if not images:
-            raise ValueError("no labelled images to train on: label some regions first")
-        _, val_images, val_masks, _ = load_split(ctx, project.id, (Split.val.value,))
-        # init "warm" / "shrink_perturb" start from the active version's weights when it has
-        # the same architecture; "cold", from_scratch or no usable parent start fresh.
-        init = None
-        if (
-            config.init != "cold"
-            and not from_scratch
-            and parent is not None
-            and _same_architecture(parent.config, config.model_dump())
-        ):
-            init = [state_from_bytes(ctx.store.get(k)) for k in parent.member_keys]
-        elif config.init != "cold":
-            # from_scratch, no parent or another architecture: record the cold start it was.
-            config = config.model_copy(update={"init": "cold"})
-
-        def report(p: TrainProgress) -> None:
-            ctx.progress(
-                0.05 + 0.75 * p.fraction,
-                f"training member {p.member + 1}/{p.n_members}, step {p.step}, loss {p.loss:.4f}",
-            )
-
-        result = train(
-            config,
-            images,
-            masks,
-            val_images or None,
-            val_masks or None,
-            init_states=init,
-            progress=report,
-        )
-        keys = [ctx.store.put(state_to_bytes(state)) for state in result.states]
-        ctx.progress(0.82, "evaluating", force=True)
-        draft = ModelVersion(config=config.model_dump(), member_keys=keys, temperature=None)
-        predictor = load_predictor(ctx.store, draft, ctx.settings)
-        temperature = None
-        eval_images, eval_masks = (val_images, val_masks) if val_images else (images, masks)
-        if val_images:
-            temperature = float(fit_temperature_on(predictor, val_images, val_masks))
-            predictor.temperature = temperature
-        metrics = evaluate(predictor, eval_images, eval_masks, config.n_classes)
-        metrics["evaluated_on"] = "val" if val_images else "train (no labelled val images)"
-        _, test_images, test_masks, _ = load_split(ctx, project.id, (Split.test.value,))
-        if test_images:
-            # Held-out test figures: what learning curves and `activeseg simulate` plot.
-            metrics["test"] = evaluate(predictor, test_images, test_masks, config.n_classes)
-        metrics["history"] = result.history[-50:]
-        metrics["best_val_loss"] = result.best_val_loss
-        mv_id = _store_version(
-            ctx,
-            project.id,
-            config.model_dump(),
-            keys,
-            temperature,
-            metrics,
-            snapshot,
-            int(sum(int((m != 255).sum()) for m in masks)),
-            parent.id if parent is not None else None,
-        )
+        mv_id = _train_version(ctx, project.id, config, parent, from_scratch)
     ctx.enqueue("evaluate", {"model_version_id": mv_id}, request_id=f"evaluate-{mv_id}")
     do_activate = settings.auto_activate if activate is None else activate
-    with ctx.db.session() as s:
-        project_row = s.get(Project, ctx.project_id)
-        assert project_row is not None
-        if do_activate:
-            project_row.active_model_id = mv_id
+    if do_activate:
+        set_active_version(ctx.db, project.id, mv_id)
     if do_activate and chain:
-        ctx.enqueue(
-            "score_pool",
-            {
-                "model_version_id": mv_id,
-                "then": [{"kind": "build_queue", "params": {"model_version_id": mv_id}}],
-            },
-            request_id=f"after-retrain-{ctx.job_id}",
-        )
+        _chain_scoring(ctx, mv_id)
     notify(ctx, "model.trained", {"model_version_id": mv_id, "activated": do_activate})
     return {"model_version_id": mv_id, "activated": do_activate, "trigger": trigger}
 
 
-def _same_architecture(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    keys = ("in_channels", "n_classes", "depth", "base_channels", "norm", "method", "ensemble_size")
-    return all(old.get(k) == new.get(k) for k in keys)
-
-
-def _store_version(
+def _train_version(
     ctx: JobContext,
     project_id: int,
-    config: dict[str, Any],
-    keys: list[str],
-    temperature: float | None,
-    metrics: dict[str, Any],
-    snapshot: dict[str, int],
-    labelled_pixels: int,
-    parent_id: int | None,
+    config: ModelConfig,
+    parent: ModelVersion | None,
+    from_scratch: bool,
 ) -> int:
-    for _ in range(5):
-        try:
-            with ctx.db.session() as s:
-                number = (
-                    s.scalar(
-                        select(func.max(ModelVersion.version)).where(
-                            ModelVersion.project_id == project_id
-                        )
-                    )
-                    or 0
-                ) + 1
-                mv = ModelVersion(
-                    project_id=project_id,
-                    version=number,
-                    state=ModelState.ready.value,
-                    config=config,
-                    member_keys=keys,
-                    temperature=temperature,
-                    metrics=metrics,
-                    label_snapshot=snapshot,
-                    labelled_pixels=labelled_pixels,
-                    parent_id=parent_id,
-                    job_id=ctx.job_id,
-                )
-                s.add(mv)
-                s.flush()
-                return mv.id
-        except IntegrityError:
-            # Either another delivery of this job stored it first (unique job_id), or a
-            # concurrent retrain took this version number: look, then try the next number.
-            with ctx.db.read_session() as s:
-                mv_id = s.scalar(select(ModelVersion.id).where(ModelVersion.job_id == ctx.job_id))
-            if mv_id is not None:
-                return mv_id
-    raise RuntimeError("could not allocate a model version number")
+    """Load the labels, train, evaluate and store a new version; its id."""
+    from activeseg.models.training import train
+
+    ctx.progress(0.01, "loading labels", force=True)
+    labelled = load_split(ctx.db, ctx.store, project_id, TRAIN_SPLITS)
+    if not labelled.images:
+        raise ValueError("no labelled images to train on: label some regions first")
+    val = load_split(ctx.db, ctx.store, project_id, (Split.val.value,))
+    config, init = _starting_point(ctx, config, parent, from_scratch)
+    result = train(
+        config,
+        labelled.images,
+        labelled.masks,
+        val.images or None,
+        val.masks or None,
+        init_states=init,
+        progress=_training_progress(ctx),
+    )
+    keys = save_checkpoints(ctx.store, result.states)
+    ctx.progress(0.82, "evaluating", force=True)
+    temperature, metrics = _measure(ctx, project_id, config, keys, labelled, val, result)
+    new = NewVersion(
+        project_id=project_id,
+        job_id=ctx.job_id,
+        config=config.model_dump(),
+        member_keys=keys,
+        temperature=temperature,
+        metrics=metrics,
+        label_snapshot=labelled.snapshot,
+        labelled_pixels=labelled.labelled_pixels,
+        parent_id=parent.id if parent is not None else None,
+    )
+    return store_version(ctx.db, new)
+
+
+def _starting_point(
+    ctx: JobContext, config: ModelConfig, parent: ModelVersion | None, from_scratch: bool
+) -> tuple[ModelConfig, list[StateDict] | None]:
+    """The config to train and the members' initial weights: init "warm" / "shrink_perturb"
+    start from the active version's weights when it has the same architecture; "cold",
+    from_scratch or no usable parent start fresh, and the config records the cold start."""
+    if config.init == "cold":
+        return config, None
+    if (
+        not from_scratch
+        and parent is not None
+        and same_architecture(parent.config, config.model_dump())
+    ):
+        return config, load_checkpoints(ctx.store, parent.member_keys)
+    return config.model_copy(update={"init": "cold"}), None
+
+
+def _training_progress(ctx: JobContext) -> Callable[[TrainProgress], None]:
+    """Training's share (5-80 %) of the job's progress."""
+
+    def report(p: TrainProgress) -> None:
+        ctx.progress(
+            0.05 + 0.75 * p.fraction,
+            f"training member {p.member + 1}/{p.n_members}, step {p.step}, loss {p.loss:.4f}",
+        )
+
+    return report
+
+
+def _measure(
+    ctx: JobContext,
+    project_id: int,
+    config: ModelConfig,
+    keys: list[str],
+    labelled: LabelledSplit,
+    val: LabelledSplit,
+    result: TrainResult,
+) -> tuple[float | None, dict[str, Any]]:
+    """``(temperature, metrics)`` of the trained weights: the temperature fitted on the val
+    images (None without), metrics on val (else on the training images), held-out test
+    figures, and the training curve."""
+    from activeseg.models.evaluation import evaluate, fit_temperature_on
+
+    draft = ModelVersion(config=config.model_dump(), member_keys=keys, temperature=None)
+    predictor = load_predictor(ctx.store, draft, ctx.settings)
+    temperature = None
+    eval_on = val if val.images else labelled
+    if val.images:
+        temperature = float(fit_temperature_on(predictor, val.images, val.masks))
+        predictor.temperature = temperature
+    metrics = evaluate(predictor, eval_on.images, eval_on.masks, config.n_classes)
+    metrics["evaluated_on"] = "val" if val.images else "train (no labelled val images)"
+    test = load_split(ctx.db, ctx.store, project_id, (Split.test.value,))
+    if test.images:
+        # Held-out test figures: what learning curves and `activeseg simulate` plot.
+        metrics["test"] = evaluate(predictor, test.images, test.masks, config.n_classes)
+    metrics["history"] = result.history[-50:]
+    metrics["best_val_loss"] = result.best_val_loss
+    return temperature, metrics
+
+
+def _chain_scoring(ctx: JobContext, mv_id: int) -> None:
+    """Score the pool with the activated version, then build the next queue from it."""
+    ctx.enqueue(
+        "score_pool",
+        {
+            "model_version_id": mv_id,
+            "then": [{"kind": "build_queue", "params": {"model_version_id": mv_id}}],
+        },
+        request_id=f"after-retrain-{ctx.job_id}",
+    )
+
+
+def same_architecture(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether weights of config ``old`` load into a network of config ``new``."""
+    keys = ("in_channels", "n_classes", "depth", "base_channels", "norm", "method", "ensemble_size")
+    return all(old.get(k) == new.get(k) for k in keys)

@@ -27,48 +27,43 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from activeseg.core.db import Database
 from activeseg.core.heatmaps import decode_heatmaps, encode_heatmaps
 from activeseg.core.imaging import decode_image
 from activeseg.core.project_config import ProjectSettings
-from activeseg.core.services.labels import read_mask, with_mask_key
 from activeseg.core.services.models import load_predictor
-from activeseg.core.services.projects import project_settings
-from activeseg.core.services.regions import (
-    REGION_MAPS,
-    ensure_region_map,
-    region_count_warning,
-    region_sigma,
+from activeseg.core.services.pool import (
+    ScoreBatches,
+    images_with_mask_keys,
+    open_regions_of,
+    pool_image_ids,
+    region_map_lookup,
+    selection_class_counts,
 )
+from activeseg.core.services.pool import brief_write as _brief_write
+from activeseg.core.services.pool import write_batch as _write
+from activeseg.core.services.projects import project_settings
+from activeseg.core.services.regions import region_count_warning, region_sigma
 from activeseg.core.services.scores import (
-    WRITE_BATCH_BYTES,
-    ChunkCandidates,
-    ImageCandidates,
     QueueParams,
     ScoredImage,
     forget_candidates,
-    group_candidates,
-    replace_scores,
     write_candidates,
 )
-from activeseg.core.tables import Image, ModelVersion, Project, RegionSet, Split
+from activeseg.core.tables import Image, ModelVersion, Project
 from activeseg.jobs.runner import JobContext, Waiting
-from activeseg.models.scoring import ImageScore as Scored
-from activeseg.models.scoring import score_images
+from activeseg.models.scoring import ImageScore, score_images, score_regions
 from activeseg.uncertainty.measures import ENSEMBLE_MEASURES, SOFTMAX_MEASURES
-from activeseg.uncertainty.pooling import class_weights_from_labels, labelled_fraction, pool
+from activeseg.uncertainty.pooling import class_weights_from_labels
 from activeseg.uncertainty.regions import RegionMap
 
 log = logging.getLogger(__name__)
 __all__ = [
+    "_brief_write",
+    "_write",
     "decode_heatmaps",
     "encode_heatmaps",
     "pool_image_ids",
@@ -76,25 +71,6 @@ __all__ = [
 ]
 CHUNK_IMAGES = 64
 MAX_WARNINGS = 20  # region-count warnings kept in a job result (the total is kept too)
-WRITE_BATCH_IMAGES = 64
-"""Images whose rows go in one write transaction (fewer when their arrays pass
-``WRITE_BATCH_BYTES``): two rows per image, a few milliseconds of the SQLite write lock. Each
-batch's candidates are computed together (vectorised) before it is written."""
-
-
-def pool_image_ids(ctx: JobContext, project_id: int) -> list[int]:
-    with ctx.db.read_session() as s:
-        return list(
-            s.scalars(
-                select(Image.id)
-                .where(
-                    Image.project_id == project_id,
-                    Image.split == Split.pool.value,
-                    Image.labelled_fraction < 1.0,
-                )
-                .order_by(Image.id)
-            )
-        )
 
 
 def score_pool(
@@ -103,6 +79,39 @@ def score_pool(
     image_ids: list[int] | None = None,
     chunk_images: int = CHUNK_IMAGES,
 ) -> dict[str, Any] | Waiting:
+    project_id, mv, settings, n_classes = _version_to_score(ctx, model_version_id)
+    if image_ids is None:
+        ids = pool_image_ids(ctx.db, project_id)
+        if len(ids) > chunk_images:
+            return _fan_out(ctx, mv.id, ids, chunk_images)
+    else:
+        ids = image_ids
+    started = time.perf_counter()  # throughput (GET /metrics) counts model loading too
+    predictor = load_predictor(ctx.store, mv, ctx.settings)
+    names = list(SOFTMAX_MEASURES) + (list(ENSEMBLE_MEASURES) if predictor.n_samples > 1 else [])
+    chunk = _Chunk(ctx, project_id, mv.id, settings, n_classes, names)
+    rows = images_with_mask_keys(ctx.db, ids)
+    images = [im for im, _ in rows]
+    mask_keys = {im.id: key for im, key in rows}
+    if ids:
+        forget_candidates(ctx.db, mv.id, ids)
+    regions_of = region_map_lookup(ctx.db, ctx.store, images, chunk.spec)
+    arrays = (decode_image(ctx.store.get(im.blob_key)) for im in images)
+    for done, (image, scored) in enumerate(
+        zip(images, score_images(predictor, arrays, names), strict=True)
+    ):
+        chunk.add(image, mask_keys[image.id], regions_of(image), scored)
+        ctx.progress((done + 1) / max(len(images), 1), f"scored {done + 1}/{len(images)} images")
+    chunk.finish(ids, len(images))
+    seconds = time.perf_counter() - started
+    return _result(mv.id, names, chunk, len(images), seconds)
+
+
+def _version_to_score(
+    ctx: JobContext, model_version_id: int | None
+) -> tuple[int, ModelVersion, ProjectSettings, int]:
+    """``(project id, version, settings, number of classes)``: the requested version, else
+    the active one; a version of another project is refused."""
     with ctx.db.read_session() as s:
         project = s.get(Project, ctx.project_id)
         assert project is not None
@@ -112,209 +121,106 @@ def score_pool(
         mv = s.get(ModelVersion, mv_id)
         if mv is None or mv.project_id != project.id:
             raise ValueError(f"model version {mv_id} is not a version of this project")
-        settings = project_settings(project)
-    if image_ids is None:
-        ids = pool_image_ids(ctx, project.id)
-        if len(ids) > chunk_images:
-            parts = [ids[i : i + chunk_images] for i in range(0, len(ids), chunk_images)]
-            for i, part in enumerate(parts):
-                ctx.enqueue(
-                    "score_pool",
-                    {"model_version_id": mv.id, "image_ids": part},
-                    request_id=f"{ctx.job_id}-part-{i}",
-                    child=True,
-                )
-            return Waiting(len(parts))
-    else:
-        ids = image_ids
+        return project.id, mv, project_settings(project), len(project.classes)
 
-    started = time.perf_counter()  # throughput (GET /metrics) counts model loading too
-    predictor = load_predictor(ctx.store, mv, ctx.settings)
-    names = list(SOFTMAX_MEASURES) + (list(ENSEMBLE_MEASURES) if predictor.n_samples > 1 else [])
-    n_classes = len(project.classes)
-    weights = None
-    if settings.pooling == "class_balanced":
-        weights = class_weights_from_labels(_labelled_class_counts(ctx, project.id, n_classes))
-    with ctx.db.read_session() as s:
-        rows = list(
-            s.execute(with_mask_key(select(Image).where(Image.id.in_(ids)).order_by(Image.id)))
+
+def _fan_out(ctx: JobContext, mv_id: int, ids: list[int], chunk_images: int) -> Waiting:
+    """One child job per ``chunk_images`` images; this job waits for them."""
+    parts = [ids[i : i + chunk_images] for i in range(0, len(ids), chunk_images)]
+    for i, part in enumerate(parts):
+        ctx.enqueue(
+            "score_pool",
+            {"model_version_id": mv_id, "image_ids": part},
+            request_id=f"{ctx.job_id}-part-{i}",
+            child=True,
         )
-    images = [im for im, _ in rows]
-    mask_keys = {im.id: key for im, key in rows}
-    params = QueueParams.from_settings(settings)
-    spec = (
-        settings.region_kind,
-        settings.region_size,
-        region_sigma(settings.region_kind, settings.slic_sigma),
-    )
-    offers = params.mergeable and params.measure in names
-    if ids:
-        forget_candidates(ctx.db, mv.id, ids)
-    maps = _region_maps(ctx, images, spec)
+    return Waiting(len(parts))
 
-    arrays = (decode_image(ctx.store.get(im.blob_key)) for im in images)
-    warnings: list[str] = []
-    offered: list[ImageCandidates] = []
-    pending: list[ScoredImage] = []
-    scored_images = score_images(predictor, arrays, names)
-    for done, (image, scored) in enumerate(zip(images, scored_images, strict=True)):
-        regions = maps(image)
-        warning = region_count_warning(image, regions, settings.region_kind, settings.region_size)
+
+class _Chunk:
+    """One chunk's scoring state: turns each image's :class:`ImageScore` into its stored
+    rows (region scores, heatmap blob) and writes them in batches (:class:`ScoreBatches`)."""
+
+    def __init__(
+        self,
+        ctx: JobContext,
+        project_id: int,
+        mv_id: int,
+        settings: ProjectSettings,
+        n_classes: int,
+        names: list[str],
+    ) -> None:
+        self.ctx = ctx
+        self.mv_id = mv_id
+        self.settings = settings
+        self.n_classes = n_classes
+        self.params = QueueParams.from_settings(settings)
+        self.spec = (
+            settings.region_kind,
+            settings.region_size,
+            region_sigma(settings.region_kind, settings.slic_sigma),
+        )
+        self.offers = self.params.mergeable and self.params.measure in names
+        self.weights = None
+        if settings.pooling == "class_balanced":
+            counts = selection_class_counts(ctx.db, ctx.store, project_id, n_classes)
+            self.weights = class_weights_from_labels(counts)
+        # _write looked up now, not at import: benchmarks/score_scale.py swaps it.
+        self.batches = ScoreBatches(
+            ctx.db, mv_id, self.params, settings.measure, self.offers, write=_write
+        )
+        self.warnings: list[str] = []
+
+    def add(
+        self, image: Image, mask_key: str | None, regions: RegionMap, scored: ImageScore
+    ) -> None:
+        warning = region_count_warning(
+            image, regions, self.settings.region_kind, self.settings.region_size
+        )
         if warning is not None:
-            warnings.append(warning)
-        values, region_class = pool_scores(scored, regions, settings, weights, n_classes)
-        key = ctx.store.put(encode_heatmaps(scored.maps, scored.prediction, scored.expected_iou))
+            self.warnings.append(warning)
+        pooled = score_regions(scored, regions, self.settings.pooling, self.weights, self.n_classes)
+        store = self.ctx.store
+        key = store.put(encode_heatmaps(scored.maps, scored.prediction, scored.expected_iou))
         item = ScoredImage.build(
             image.id,
             image.current_revision,
-            values,
-            region_class,
+            pooled.values,
+            pooled.classes,
             regions.centroids,
-            _open_regions(ctx, image, mask_keys[image.id], regions),
-            spec,
-            means={name: float(m.mean()) for name, m in scored.maps.items()},
+            open_regions_of(store, image, mask_key, regions),
+            self.spec,
+            means=pooled.means,
             heatmap_key=key,
         )
-        pending.append(item)
-        if (
-            len(pending) >= WRITE_BATCH_IMAGES
-            or sum(p.nbytes() for p in pending) >= WRITE_BATCH_BYTES
-        ):
-            if offers:
-                offered.append(group_candidates(mv.id, params, pending))
-            _write(ctx.db, mv.id, pending, settings.measure)
-            pending = []
-        ctx.progress((done + 1) / max(len(images), 1), f"scored {done + 1}/{len(images)} images")
-    if offers and pending:
-        offered.append(group_candidates(mv.id, params, pending))
-    _write(ctx.db, mv.id, pending, settings.measure)
-    if offers and ids:
-        write_candidates(
-            ctx.db, mv.id, ids, len(images), params, ChunkCandidates.merge(params, offered)
-        )
-    seconds = time.perf_counter() - started
+        self.batches.add(item)
+
+    def finish(self, ids: list[int], n_images: int) -> None:
+        """Write the last batch, then the chunk's candidates: the row that marks it complete."""
+        self.batches.flush()
+        if self.offers and ids:
+            write_candidates(
+                self.ctx.db, self.mv_id, ids, n_images, self.params, self.batches.candidates()
+            )
+
+
+def _result(
+    mv_id: int, names: list[str], chunk: _Chunk, n_images: int, seconds: float
+) -> dict[str, Any]:
     result: dict[str, Any] = {
-        "model_version_id": mv.id,
-        "images": len(images),
+        "model_version_id": mv_id,
+        "images": n_images,
         "measures": names,
-        "candidates": offers,
+        "candidates": chunk.offers,
     }
-    if images:
-        result.update(seconds=round(seconds, 6), images_per_s=len(images) / seconds)
-    if warnings:
-        result["region_warnings"] = warnings[:MAX_WARNINGS]
-        result["region_warnings_total"] = len(warnings)
+    if n_images:
+        result.update(seconds=round(seconds, 6), images_per_s=n_images / seconds)
+    if chunk.warnings:
+        result["region_warnings"] = chunk.warnings[:MAX_WARNINGS]
+        result["region_warnings_total"] = len(chunk.warnings)
     return result
 
 
-def _region_maps(
-    ctx: JobContext, images: list[Image], spec: tuple[str, int, float]
-) -> Callable[[Image], RegionMap]:
-    """A function image -> its region map: the chunk's stored maps are looked up in one read
-    (not one per image); a missing map is computed with :func:`ensure_region_map`."""
-    kind, size, sigma = spec
-    with ctx.db.read_session() as s:
-        stored = dict(
-            s.execute(
-                select(RegionSet.image_id, RegionSet.blob_key).where(
-                    RegionSet.image_id.in_([im.id for im in images]),
-                    RegionSet.kind == kind,
-                    RegionSet.size == size,
-                    RegionSet.sigma == sigma,
-                )
-            ).all()
-        )
-
-    def region_map(image: Image) -> RegionMap:
-        key = stored.get(image.id)
-        if key is not None:
-            return REGION_MAPS.get(ctx.store, key)
-        return ensure_region_map(ctx.db, ctx.store, image, kind, size, sigma)
-
-    return region_map
-
-
-def _open_regions(
-    ctx: JobContext, image: Image, mask_key: str | None, regions: RegionMap
-) -> np.ndarray:
-    """bool ``[R]``: regions not fully labelled by the image's mask (read with its row)."""
-    if image.labelled_pixels == 0 and mask_key is None:
-        return np.ones(regions.n_regions, np.bool_)
-    frac = labelled_fraction(
-        read_mask(ctx.store, image, mask_key), regions.labels, regions.n_regions
-    )
-    return np.asarray(~(frac >= 1.0), np.bool_)
-
-
-def _write(db: Database, mv_id: int, items: list[ScoredImage], shown: str) -> None:
-    """The rows of ``items`` in one brief write transaction (:func:`replace_scores`)."""
-    if items:
-        with _brief_write(db) as s:
-            replace_scores(s, mv_id, items, shown)
-
-
-@contextmanager
-def _brief_write(db: Database) -> Iterator[Session]:
-    """A write session of one batch; on SQLite it then leaves the write lock free for as long
-    as it held it. SQLite's lock is not fair: a waiting request polls on a back-off (up to
-    100 ms apart) and would mostly find the lock taken again by the next batch; free half the
-    time, it gets the lock within a poll or two."""
-    started = time.perf_counter()
-    with db.session() as s:
-        yield s
-    if db.settings.is_sqlite:
-        time.sleep(time.perf_counter() - started)
-
-
-def pool_scores(
-    scored: Scored,
-    regions: RegionMap,
-    settings: ProjectSettings,
-    weights: np.ndarray | None,
-    n_classes: int,
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """``({measure: float64 [R] pooled score}, int64 [R] majority predicted class)`` of one
-    image; pure numpy, run with no session open."""
-    n = regions.n_regions
-    votes = np.bincount(
-        regions.labels.ravel() * n_classes + scored.prediction.ravel(), minlength=n * n_classes
-    ).reshape(n, n_classes)
-    values = {
-        name: pool(
-            pixel_map,
-            regions.labels,
-            n,
-            settings.pooling,
-            predicted_class=scored.prediction,
-            class_weights=weights,
-        )
-        for name, pixel_map in scored.maps.items()
-    }
-    return values, votes.argmax(axis=1)
-
-
-# Class-balanced pooling learns its weights from these splits only: val and test masks are
-# held out for evaluation, and letting them steer what is labelled next would leak them.
-SELECTION_SPLITS = (Split.pool.value, Split.train.value)
-
-
 def _labelled_class_counts(ctx: JobContext, project_id: int, n_classes: int) -> np.ndarray:
-    """int64 ``[C]`` labelled pixels per class over the pool and train images (never val or
-    test: see ``SELECTION_SPLITS``). Masks are decoded after the read session closed."""
-    counts = np.zeros(n_classes, np.int64)
-    with ctx.db.read_session() as s:
-        labelled = list(
-            s.execute(
-                with_mask_key(
-                    select(Image).where(
-                        Image.project_id == project_id,
-                        Image.labelled_pixels > 0,
-                        Image.split.in_(SELECTION_SPLITS),
-                    )
-                )
-            ).all()
-        )
-    for im, key in labelled:
-        mask = read_mask(ctx.store, im, key)
-        counts += np.bincount(mask[mask != 255], minlength=n_classes)[:n_classes]
-    return counts
+    """:func:`activeseg.core.services.pool.selection_class_counts` of the job's stores."""
+    return selection_class_counts(ctx.db, ctx.store, project_id, n_classes)

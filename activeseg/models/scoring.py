@@ -13,6 +13,8 @@ import numpy as np
 
 from activeseg.models.inference import ImagePart, Predictor
 from activeseg.uncertainty.measures import compute_measures
+from activeseg.uncertainty.pooling import PoolHow, majority_class, pool_maps
+from activeseg.uncertainty.regions import RegionMap
 
 
 @dataclass(frozen=True)
@@ -140,9 +142,7 @@ def _score_parts(
     prediction = np.empty(shape, np.uint8)
     sums: ExpectedIou | None = None
     for (rows, cols), probs in parts:
-        part_maps = compute_measures(probs, names)
-        mean = probs[0] if probs.shape[0] == 1 else probs.mean(axis=0)
-        part_prediction = mean.argmax(axis=0).astype(np.uint8)
+        part_maps, mean, part_prediction = _measure_part(probs, names)
         if sums is None:
             sums = ExpectedIou(probs.shape[1])
         sums.add(mean, part_prediction)
@@ -157,3 +157,58 @@ def _score_parts(
             raise ScoringStopped
     assert sums is not None, "an image without parts"
     return ImageScore(maps=maps, prediction=prediction, expected_iou=sums.value())
+
+
+def _measure_part(
+    probs: np.ndarray, names: Sequence[str]
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """``(maps, mean probability [C, h, w], prediction uint8 [h, w])`` of ``probs``
+    ``[S, C, h, w]``."""
+    maps = compute_measures(probs, names)
+    mean = probs[0] if probs.shape[0] == 1 else probs.mean(axis=0)
+    return maps, mean, mean.argmax(axis=0).astype(np.uint8)
+
+
+def score_probabilities(probs: np.ndarray, names: Sequence[str]) -> ImageScore:
+    """The :class:`ImageScore` of one whole image from its probabilities ``probs``
+    ``[S, C, H, W]`` (S samples or members, temperature already applied): what
+    :func:`score_images` yields for an untiled image, without a predictor."""
+    maps, mean, prediction = _measure_part(probs, names)
+    return ImageScore(maps, prediction, expected_iou(mean, prediction))
+
+
+@dataclass(frozen=True)
+class RegionScores:
+    """One image's scores per region: ``values``: measure -> float64 ``[R]`` (pooled map);
+    ``classes``: int64 ``[R]`` majority predicted class; ``means``: measure -> mean of the
+    pixel map over the image (the image-level figure shown in lists)."""
+
+    values: dict[str, np.ndarray]
+    classes: np.ndarray
+    means: dict[str, float]
+
+
+def score_regions(
+    scored: ImageScore,
+    regions: RegionMap,
+    how: PoolHow = "mean",
+    class_weights: np.ndarray | None = None,
+    n_classes: int | None = None,
+) -> RegionScores:
+    """Pool an image's maps over its region map (``how``, with ``class_weights`` ``[C]`` for
+    ``class_balanced``) and take each region's majority predicted class (``n_classes``: the
+    project's classes; default: the largest predicted id + 1). Pure numpy, no session."""
+    n = regions.n_regions
+    classes = n_classes if n_classes is not None else int(scored.prediction.max()) + 1
+    return RegionScores(
+        values=pool_maps(
+            scored.maps,
+            regions.labels,
+            n,
+            how,
+            predicted_class=scored.prediction,
+            class_weights=class_weights,
+        ),
+        classes=majority_class(scored.prediction, regions.labels, n, classes),
+        means={name: float(m.mean()) for name, m in scored.maps.items()},
+    )

@@ -319,8 +319,9 @@ def validation_loss(
     return total / weight_sum if weight_sum > 0 else None
 
 
-class _Reporter:
-    """Calls ``progress`` at most every ``interval_s`` seconds, and always when forced."""
+class ProgressThrottle:
+    """Calls ``progress`` at most every ``interval_s`` seconds, and always when forced; one
+    throttle spans every member of a job."""
 
     def __init__(self, progress: Callable[[TrainProgress], None] | None, interval_s: float):
         self.progress = progress
@@ -440,6 +441,245 @@ def _initial_model(
     return build_members(config, [state])[0]
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """What every member of one job trains on, prepared once: the patch sampler over the
+    labelled images, the loss's class weights (on the training device), the output layer's
+    starting bias and, optionally, the fully labelled validation images.
+
+    Build it with :meth:`prepare`; :func:`train_member` draws everything random from the
+    member's seed, so one ``TrainingData`` serves every member.
+    """
+
+    sampler: PatchSampler
+    class_weights: torch.Tensor | None
+    bias: np.ndarray  # float32 [C]
+    val_images: Sequence[np.ndarray] | None = None
+    val_masks: Sequence[np.ndarray] | None = None
+
+    @classmethod
+    def prepare(
+        cls,
+        config: ModelConfig,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        device: torch.device,
+        val_images: Sequence[np.ndarray] | None = None,
+        val_masks: Sequence[np.ndarray] | None = None,
+    ) -> TrainingData:
+        """``images``/``masks``: every one with a labelled pixel (``train`` drops the others);
+        patches have side ``config.patch_size``, or the largest image side if smaller."""
+        has_val = val_images is not None and val_masks is not None
+        patch = (
+            min(config.patch_size, max(mask.shape[0] for mask in masks)),
+            min(config.patch_size, max(mask.shape[1] for mask in masks)),
+        )
+        sampler = PatchSampler(
+            images, masks, patch, config.in_channels, Augmentation.from_config(config)
+        )
+        weights = loss_class_weights(config, val_masks if has_val else None)
+        return cls(
+            sampler=sampler,
+            class_weights=None if weights is None else torch.from_numpy(weights).to(device),
+            bias=prior_bias(labelled_class_counts(masks, config.n_classes)),
+            val_images=val_images if has_val else None,
+            val_masks=val_masks if has_val else None,
+        )
+
+    @property
+    def n_images(self) -> int:
+        return len(self.sampler.masks)
+
+    @property
+    def has_val(self) -> bool:
+        return self.val_images is not None and self.val_masks is not None
+
+
+@dataclass
+class MemberResult:
+    """One trained member: its CPU state dict, its curve (``HistoryEntry`` every
+    ``config.eval_every`` steps and at its last step) and the validation loss of the returned
+    weights (None without validation data)."""
+
+    state: StateDict
+    history: list[HistoryEntry]
+    val_loss: float | None
+
+
+class _EarlyStopping:
+    """The best validation weights so far and whether ``patience`` checks went by without a
+    better one; ``patience=None`` never stops and keeps no weights."""
+
+    def __init__(self, patience: int | None) -> None:
+        self.patience = patience
+        self.best_val = math.inf
+        self.best_state: StateDict | None = None
+        self.checks_without_gain = 0
+
+    def should_stop(self, model: torch.nn.Module, val_loss: float | None) -> bool:
+        if self.patience is None or val_loss is None:
+            return False
+        if val_loss < self.best_val:
+            self.best_val = val_loss
+            self.best_state = copy.deepcopy(model.state_dict())
+            self.checks_without_gain = 0
+        else:
+            self.checks_without_gain += 1
+        return self.checks_without_gain >= self.patience
+
+
+def _train_step(
+    model: torch.nn.Module,
+    optimiser: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    data: TrainingData,
+    batch: np.ndarray,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> float | None:
+    """One optimiser step on the patches of ``batch`` (image indices); None, and no step,
+    when the shift augmentation pushed every label out of the patches."""
+    patches = [data.sampler.sample(int(i), rng) for i in batch]
+    x = torch.from_numpy(np.stack([p[0] for p in patches])).to(device)
+    target = torch.from_numpy(np.stack([p[1] for p in patches])).to(device)
+    if not bool((target != IGNORE_INDEX).any()):
+        return None
+    loss = segmentation_loss(model(x), target, data.class_weights)
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    scheduler.step()
+    return float(loss.detach())
+
+
+def train_member(
+    config: ModelConfig,
+    data: TrainingData,
+    member: int = 0,
+    init_state: Mapping[str, torch.Tensor] | None = None,
+    *,
+    device: torch.device | None = None,
+    reporter: ProgressThrottle | None = None,
+) -> MemberResult:
+    """Train member ``member`` of ``config`` for ``config.steps`` steps: the pure step a job
+    repeats per member (no database, no blob store).
+
+    Seeded by ``config.seed + member`` (initial weights, dropout, batch order, crops,
+    augmentations) under deterministic kernels; the caller's RNG state is left as it was.
+    ``init_state`` is used as ``config.init`` says (see :func:`train`). Validation data in
+    ``data`` give the val losses every ``config.eval_every`` steps and, when
+    ``config.patience`` is set, early stopping with the best validation weights.
+    """
+    device = device or resolve_device(config.device)
+    total_steps, n_members = config.steps, config.n_members
+    steps_per_pass = math.ceil(data.n_images / config.batch_size)
+    warmup_steps = int(config.warmup_fraction * total_steps)
+    report = reporter or ProgressThrottle(None, math.inf)
+    stopping = _EarlyStopping(config.patience if data.has_val else None)
+    history: list[HistoryEntry] = []
+    with deterministic_torch(device), torch.random.fork_rng(devices=rng_devices(device)):
+        torch.manual_seed(config.seed + member)
+        rng = np.random.default_rng(config.seed + member)
+        model = _initial_model(config, data.bias, init_state).to(device)
+        optimiser = torch.optim.AdamW(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimiser, lambda done: lr_factor(done, total_steps, warmup_steps)
+        )
+        val_loss: float | None = None
+        window: list[float] = []
+        mean_loss, step = math.nan, 0
+        model.train()
+        batches = _batches(data.n_images, config.batch_size, rng)
+        while step < total_steps:
+            loss = _train_step(model, optimiser, scheduler, data, next(batches), rng, device)
+            if loss is None:
+                continue
+            step += 1
+            window.append(loss)
+            fraction = min(1.0, (member + step / total_steps) / n_members)
+            epoch = (step - 1) // steps_per_pass
+            report(TrainProgress(member, n_members, step, epoch, loss, fraction))
+            if step % config.eval_every and step < total_steps:
+                continue
+            mean_loss = sum(window) / len(window)
+            window = []
+            val_loss = _check_val(model, data, config, device)
+            history.append(
+                {
+                    "member": member,
+                    "epoch": epoch,
+                    "step": step,
+                    "train_loss": mean_loss,
+                    "val_loss": val_loss,
+                }
+            )
+            report(TrainProgress(member, n_members, step, epoch, mean_loss, fraction, val_loss))
+            if stopping.should_stop(model, val_loss):
+                logger.info(
+                    "early stop",
+                    extra={"member": member, "step": step, "best_val_loss": stopping.best_val},
+                )
+                break
+        kept_val_loss = val_loss  # of the weights returned: the best ones when stopping kept any
+        if stopping.best_state is not None:
+            model.load_state_dict(stopping.best_state)
+            kept_val_loss = stopping.best_val
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    last_epoch = (step - 1) // steps_per_pass if step else 0
+    final = TrainProgress(
+        member, n_members, step, last_epoch, mean_loss, (member + 1) / n_members, val_loss
+    )
+    report(final, force=True)
+    return MemberResult(state=state, history=history, val_loss=kept_val_loss)
+
+
+def _check_val(
+    model: torch.nn.Module, data: TrainingData, config: ModelConfig, device: torch.device
+) -> float | None:
+    """The validation loss of ``model`` (None without validation data); back in train mode."""
+    if data.val_images is None or data.val_masks is None:
+        return None
+    loss = validation_loss(
+        model, data.val_images, data.val_masks, config, device, data.class_weights
+    )
+    model.train()
+    return loss
+
+
+def _labelled_only(
+    images: Sequence[np.ndarray], masks: Sequence[np.ndarray]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The images (and masks) with at least one labelled pixel; raises when none has one."""
+    keep = [i for i, mask in enumerate(masks) if bool((mask != IGNORE_INDEX).any())]
+    if not keep:
+        raise ValueError("training masks have no labelled pixel (all 255); label something first")
+    if len(keep) < len(images):
+        logger.info(
+            "skipping images without labels",
+            extra={"skipped": len(images) - len(keep), "kept": len(keep)},
+        )
+    return [images[i] for i in keep], [masks[i] for i in keep]
+
+
+def _check_init_states(
+    config: ModelConfig, init_states: Sequence[Mapping[str, torch.Tensor]] | None
+) -> None:
+    if init_states is None:
+        return
+    if config.init == "cold":
+        raise ValueError(
+            "init 'cold' starts from fresh weights: pass no init_states, or set init to "
+            "'warm' or 'shrink_perturb'"
+        )
+    if len(init_states) != config.n_members:
+        raise ValueError(
+            f"init_states has {len(init_states)} state(s) but method {config.method!r} "
+            f"trains {config.n_members} member(s)"
+        )
+
+
 def train(
     config: ModelConfig,
     images: Sequence[np.ndarray],
@@ -467,157 +707,40 @@ def train(
     ``shrink * theta + perturb * theta_fresh``; ``cold`` takes none. A fresh network's output
     bias starts at the log label prior. ``progress`` is called after a step when
     ``progress_interval_s`` seconds have passed since the last call, and always when a member
-    finishes (the last call has ``fraction == 1``).
+    finishes (the last call has ``fraction == 1``). Each member is :func:`train_member`.
     """
     _check_inputs(images, masks, config.n_classes, "training")
-    keep = [i for i, mask in enumerate(masks) if bool((mask != IGNORE_INDEX).any())]
-    if not keep:
-        raise ValueError("training masks have no labelled pixel (all 255); label something first")
-    if len(keep) < len(images):
-        logger.info(
-            "skipping images without labels",
-            extra={"skipped": len(images) - len(keep), "kept": len(keep)},
-        )
-    train_images = [images[i] for i in keep]
-    train_masks = [masks[i] for i in keep]
+    train_images, train_masks = _labelled_only(images, masks)
     has_val = val_images is not None and val_masks is not None
-    if has_val:
-        assert val_images is not None and val_masks is not None
+    if val_images is not None and val_masks is not None:
         _check_inputs(val_images, val_masks, config.n_classes, "validation")
-    if init_states is not None:
-        if config.init == "cold":
-            raise ValueError(
-                "init 'cold' starts from fresh weights: pass no init_states, or set init to "
-                "'warm' or 'shrink_perturb'"
-            )
-        if len(init_states) != config.n_members:
-            raise ValueError(
-                f"init_states has {len(init_states)} state(s) but method {config.method!r} "
-                f"trains {config.n_members} member(s)"
-            )
+    _check_init_states(config, init_states)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
-
-    patch = (
-        min(config.patch_size, max(mask.shape[0] for mask in train_masks)),
-        min(config.patch_size, max(mask.shape[1] for mask in train_masks)),
+    data = TrainingData.prepare(
+        config,
+        train_images,
+        train_masks,
+        device,
+        val_images if has_val else None,
+        val_masks if has_val else None,
     )
-    sampler = PatchSampler(
-        train_images, train_masks, patch, config.in_channels, Augmentation.from_config(config)
+    reporter = ProgressThrottle(progress, progress_interval_s)
+    members = [
+        train_member(
+            config,
+            data,
+            member,
+            None if init_states is None else init_states[member],
+            device=device,
+            reporter=reporter,
+        )
+        for member in range(config.n_members)
+    ]
+    val_losses = [m.val_loss for m in members if m.val_loss is not None]
+    return TrainResult(
+        states=[m.state for m in members],
+        history=[entry for m in members for entry in m.history],
+        best_val_loss=float(np.mean(val_losses)) if val_losses else None,
     )
-    class_weights = loss_class_weights(config, val_masks if has_val else None)
-    weights = None if class_weights is None else torch.from_numpy(class_weights).to(device)
-    bias = prior_bias(labelled_class_counts(train_masks, config.n_classes))
-    total_steps = config.steps
-    warmup_steps = int(config.warmup_fraction * total_steps)
-    steps_per_pass = math.ceil(len(train_images) / config.batch_size)
-    early_stopping = has_val and config.patience is not None
-    reporter = _Reporter(progress, progress_interval_s)
-    n_members = config.n_members
-    history: list[HistoryEntry] = []
-    states: list[StateDict] = []
-    val_losses: list[float] = []
-
-    def check_val(model: torch.nn.Module) -> float | None:
-        if not has_val:
-            return None
-        assert val_images is not None and val_masks is not None
-        loss = validation_loss(model, val_images, val_masks, config, device, weights)
-        model.train()
-        return loss
-
-    cuda_devices = rng_devices(device)
-    with deterministic_torch(device), torch.random.fork_rng(devices=cuda_devices):
-        for member in range(n_members):
-            seed = config.seed + member
-            torch.manual_seed(seed)
-            rng = np.random.default_rng(seed)
-            model = _initial_model(
-                config, bias, None if init_states is None else init_states[member]
-            ).to(device)
-            optimiser = torch.optim.AdamW(
-                model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-            )
-            scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimiser, lambda done: lr_factor(done, total_steps, warmup_steps)
-            )
-            best_val = math.inf
-            best_state: StateDict | None = None
-            checks_without_gain = 0
-            val_loss: float | None = None
-            window_loss, window_steps = 0.0, 0
-            mean_loss = math.nan
-            step = 0
-            model.train()
-            batches = _batches(len(train_images), config.batch_size, rng)
-            while step < total_steps:
-                patches = [sampler.sample(int(i), rng) for i in next(batches)]
-                x = torch.from_numpy(np.stack([p[0] for p in patches])).to(device)
-                target = torch.from_numpy(np.stack([p[1] for p in patches])).to(device)
-                if not bool((target != IGNORE_INDEX).any()):
-                    continue  # the shift augmentation can push every label out of a patch
-                loss = segmentation_loss(model(x), target, weights)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                scheduler.step()
-                step += 1
-                window_loss += float(loss.detach())
-                window_steps += 1
-                fraction = min(1.0, (member + step / total_steps) / n_members)
-                epoch = (step - 1) // steps_per_pass
-                reporter(
-                    TrainProgress(member, n_members, step, epoch, float(loss.detach()), fraction)
-                )
-                if step % config.eval_every and step < total_steps:
-                    continue
-                mean_loss = window_loss / window_steps
-                window_loss, window_steps = 0.0, 0
-                val_loss = check_val(model)
-                history.append(
-                    {
-                        "member": member,
-                        "epoch": epoch,
-                        "step": step,
-                        "train_loss": mean_loss,
-                        "val_loss": val_loss,
-                    }
-                )
-                reporter(
-                    TrainProgress(member, n_members, step, epoch, mean_loss, fraction, val_loss)
-                )
-                if early_stopping and val_loss is not None:
-                    assert config.patience is not None
-                    if val_loss < best_val:
-                        best_val = val_loss
-                        best_state = copy.deepcopy(model.state_dict())
-                        checks_without_gain = 0
-                    else:
-                        checks_without_gain += 1
-                    if checks_without_gain >= config.patience:
-                        logger.info(
-                            "early stop",
-                            extra={"member": member, "step": step, "best_val_loss": best_val},
-                        )
-                        break
-            if best_state is not None:
-                model.load_state_dict(best_state)
-                val_losses.append(best_val)
-            elif val_loss is not None:
-                val_losses.append(val_loss)
-            states.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-            reporter(
-                TrainProgress(
-                    member,
-                    n_members,
-                    step,
-                    (step - 1) // steps_per_pass if step else 0,
-                    mean_loss,
-                    (member + 1) / n_members,
-                    val_loss,
-                ),
-                force=True,
-            )
-    best_val_loss = float(np.mean(val_losses)) if val_losses else None
-    return TrainResult(states=states, history=history, best_val_loss=best_val_loss)

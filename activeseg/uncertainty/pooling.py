@@ -17,7 +17,7 @@ selects a ``-inf`` (or NaN) candidate, whatever the strategy.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Literal
 
 import numpy as np
@@ -29,8 +29,11 @@ __all__ = [
     "PoolHow",
     "class_weights_from_labels",
     "labelled_fraction",
+    "majority_class",
     "mask_labelled_regions",
+    "open_regions",
     "pool",
+    "pool_maps",
     "pool_class_balanced_mean",
     "pool_max",
     "pool_mean",
@@ -249,3 +252,47 @@ def mask_labelled_regions(scores: npt.ArrayLike, labelled_fraction: npt.ArrayLik
         )
     out[~(frac < 1.0)] = -np.inf
     return out
+
+
+def pool_maps(
+    maps: Mapping[str, npt.ArrayLike],
+    labels: npt.ArrayLike,
+    n_regions: int,
+    how: PoolHow = "mean",
+    *,
+    predicted_class: npt.ArrayLike | None = None,
+    class_weights: npt.ArrayLike | None = None,
+) -> dict[str, Scores]:
+    """:func:`pool` of every map in ``maps`` (measure name -> ``[H, W]``): name -> ``[R]``."""
+    return {
+        name: pool(
+            pixel_map,
+            labels,
+            n_regions,
+            how,
+            predicted_class=predicted_class,
+            class_weights=class_weights,
+        )
+        for name, pixel_map in maps.items()
+    }
+
+
+def majority_class(
+    predicted_class: npt.ArrayLike, labels: npt.ArrayLike, n_regions: int, n_classes: int
+) -> npt.NDArray[np.int64]:
+    """The most predicted class of each region -> int64 ``[R]`` (ties: the lowest class id;
+    an empty region gets 0). ``predicted_class`` and ``labels``: ``[H, W]``."""
+    votes = np.bincount(
+        np.asarray(labels).ravel() * n_classes + np.asarray(predicted_class).ravel(),
+        minlength=n_regions * n_classes,
+    ).reshape(n_regions, n_classes)
+    return votes.argmax(axis=1)
+
+
+def open_regions(
+    label_mask: npt.ArrayLike, labels: npt.ArrayLike, n_regions: int, ignore_index: int = 255
+) -> npt.NDArray[np.bool_]:
+    """bool ``[R]``: the regions not fully labelled in ``label_mask`` ``[H, W]`` (an empty
+    region, whose fraction is NaN, counts as open)."""
+    frac = labelled_fraction(label_mask, labels, n_regions, ignore_index)
+    return np.asarray(~(frac >= 1.0), np.bool_)

@@ -72,6 +72,7 @@ from activeseg.uncertainty.selection import (
     control_depth,
     draw_controls,
     hashed_gumbel,
+    interleave,
     ranked_controls,
     ranked_selection,
     select_regions,
@@ -433,6 +434,18 @@ class ChunkCandidates:
         )
 
 
+def chunk_candidates(
+    mv_id: int, params: QueueParams, batches: Iterable[Sequence[ScoredImage]]
+) -> ChunkCandidates:
+    """What a scoring chunk offers the next queue: :func:`group_candidates` of each batch of
+    its images (a batch is computed in one vectorised pass), merged. Pure numpy: the keys are
+    hashed from (``params.seed``, ``mv_id``, image, region), so the result depends only on the
+    images, not on how they are batched or chunked."""
+    return ChunkCandidates.merge(
+        params, [group_candidates(mv_id, params, batch) for batch in batches if batch]
+    )
+
+
 def forget_candidates(db: Database, mv_id: int, image_ids: Sequence[int]) -> None:
     """Delete the candidates of the version's chunks that overlap ``image_ids``' id range:
     a chunk does this before it writes its scores, so a chunk that dies half-way leaves its
@@ -498,6 +511,22 @@ class RoundPlan:
     chunks: int = 0
     recomputed: int = 0  # images recomputed from their rows (busy or labelled since scoring)
     reason: str = ""  # why the merged path was not taken
+
+    def lease_order(
+        self, rng: np.random.Generator
+    ) -> tuple[list[tuple[int, int, int]], npt.NDArray[np.bool_]]:
+        """The round's tasks in lease order: ``([(image, region, class)], is_control [B])``,
+        the controls placed at random positions drawn from ``rng`` (the round's stream)."""
+        n_sel = self.selected.size
+        order, is_control = interleave(
+            np.arange(n_sel), np.arange(n_sel, n_sel + self.controls.size), seed=rng
+        )
+        both = np.concatenate([self.selected, self.controls])[order]
+        picks = [
+            (int(i), int(r), int(c))
+            for i, r, c in zip(both["image"], both["region"], both["cls"], strict=True)
+        ]
+        return picks, is_control
 
     def pairs(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         def as_list(e: npt.NDArray[Any]) -> list[tuple[int, int]]:
