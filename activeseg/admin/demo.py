@@ -33,12 +33,13 @@ evaluating it (9 s), scoring the pool (4 s) and building the queue (under 1 s)."
 def demo_settings() -> ProjectSettings:
     """The demo project's settings: superpixels, a BALD queue, a short retrain."""
     from activeseg.core.project_config import ModelSettings, ProjectSettings
+    from activeseg.uncertainty.measures import MUTUAL_INFORMATION
 
     return ProjectSettings(
         region_kind="superpixel",
         region_size=12,
         batch_size=30,
-        measure="mutual_information",
+        measure=MUTUAL_INFORMATION.name,
         model=ModelSettings(steps=DEMO_STEPS),
     )
 

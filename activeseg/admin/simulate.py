@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from activeseg.uncertainty.measures import DEFAULT_MEASURE
+
 SIMULATE_STEPS = 300
 """``simulate``'s optimiser steps per retrain: under a third of a project's default (1000), so
 that ``--rounds 2 --budget 20`` on digits stays within a few minutes on a laptop CPU."""
@@ -26,7 +28,7 @@ def simulate(
     dataset: Annotated[str, typer.Option(help="digits | nuclei | folder:PATH")] = "digits",
     count: Annotated[int, typer.Option(help="images to generate or read")] = 120,
     measure: Annotated[str, typer.Option(help="uncertainty measure that ranks regions")] = (
-        "entropy"
+        DEFAULT_MEASURE
     ),
     strategy: Annotated[str, typer.Option(help="top_k | random | power | softmax | softrank")] = (
         "power"

@@ -31,6 +31,7 @@ from activeseg.core.services.scores import (
 )
 from activeseg.core.storage import BlobStore
 from activeseg.core.tables import Image, RegionSet, Split
+from activeseg.uncertainty.labels import UNLABELLED
 from activeseg.uncertainty.pooling import open_regions
 from activeseg.uncertainty.regions import RegionMap
 
@@ -91,7 +92,7 @@ def selection_class_counts(
         )
     for im, key in labelled:
         mask = read_mask(store, im, key)
-        counts += np.bincount(mask[mask != 255], minlength=n_classes)[:n_classes]
+        counts += np.bincount(mask[mask != UNLABELLED], minlength=n_classes)[:n_classes]
     return counts
 
 

@@ -12,6 +12,7 @@ from activeseg.core.imaging import decode_image
 from activeseg.core.services.labels import read_mask, with_mask_key
 from activeseg.core.storage import BlobStore
 from activeseg.core.tables import Image
+from activeseg.uncertainty.labels import UNLABELLED
 
 
 class LabelledSplit(NamedTuple):
@@ -25,7 +26,7 @@ class LabelledSplit(NamedTuple):
 
     @property
     def labelled_pixels(self) -> int:
-        return int(sum(int((mask != 255).sum()) for mask in self.masks))
+        return int(sum(int((mask != UNLABELLED).sum()) for mask in self.masks))
 
 
 def load_split(
