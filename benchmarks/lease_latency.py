@@ -332,8 +332,9 @@ def server(env: Env, workers: int, app: str) -> Iterator[str]:
         "ACTIVESEG_STORAGE_URL": s.storage_url,
         "ACTIVESEG_LOG_LEVEL": "WARNING",
     }
+    factory = ["--factory"] if app.endswith("()") else []  # "module:create_app()": a factory
     cmd = [
-        sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1",
+        sys.executable, "-m", "uvicorn", app.removesuffix("()"), *factory, "--host", "127.0.0.1",
         "--port", str(port), "--workers", str(workers), "--log-level", "warning",
         "--no-access-log", "--lifespan", "off",
     ]  # fmt: skip
@@ -406,7 +407,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     parser.add_argument("--breakdown", type=int, default=300, help="sequential leases to split")
     parser.add_argument("--single", type=int, default=300, help="leases by one lone client")
-    parser.add_argument("--app", default="activeseg.api.main:app", help="ASGI app to serve")
+    parser.add_argument(
+        "--app",
+        default="activeseg.api.main:app",
+        help="ASGI app to serve; 'module:factory()' calls a factory (e.g. "
+        "'activeseg.api.app:create_app()': the app without main.py's gc.freeze)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all the sizes")
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]

@@ -120,6 +120,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=120.0)
     parser.add_argument("--warmup", type=float, default=15.0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--app",
+        default="activeseg.api.main:app",
+        help="ASGI app to serve; 'module:factory()' calls a factory (e.g. "
+        "'activeseg.api.app:create_app()': the app without main.py's gc.freeze)",
+    )
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
     think = tuple(float(x) for x in args.think.split(","))
@@ -136,7 +142,7 @@ def main() -> None:
         fill_queue(env, args.queued, seed=16)
         set_up = time.perf_counter() - t0
         rec = Record()
-        with server(env, args.workers, "activeseg.api.main:app") as url:
+        with server(env, args.workers, args.app) as url:
             begin = time.monotonic()
             span = (begin + args.warmup, begin + args.warmup + args.duration)
 
@@ -164,7 +170,7 @@ def main() -> None:
             ).fetchone() or (0, 0)
         env.db.dispose()
 
-    print(f"## Annotation team load ({platform.node()}, {args.workers} API workers)\n")
+    print(f"## Annotation team load ({platform.node()}, {args.workers} API workers, {args.app})\n")
     print(
         f"{args.annotators} annotators, think {think[0]:g}-{think[1]:g} s, overlap "
         f"{args.overlap}, {args.queued:,} queued tasks, {wall:.0f} s measured after "
