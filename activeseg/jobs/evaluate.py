@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import func, select
@@ -41,6 +41,11 @@ from activeseg.core.tables import (
     TaskState,
 )
 from activeseg.jobs.runner import JobContext
+
+if TYPE_CHECKING:
+    from activeseg.core.project_config import ProjectSettings
+    from activeseg.models.inference import Predictor
+    from activeseg.reports.build import ReportOptions
 
 log = logging.getLogger(__name__)
 
@@ -153,89 +158,30 @@ def evaluate(
     a baseline CSV to draw (default: the project's latest attached one). ``shift``: run the
     shift check.
     """
-    from activeseg.models.evaluation import jsonable
-    from activeseg.reports import REPORT_SCHEMA_VERSION
-    from activeseg.reports.build import ReportOptions, model_sections
-    from activeseg.reports.learning_curve import learning_curve_section
-    from activeseg.reports.plots import report_plots
+    from activeseg.reports.build import ReportOptions
 
     if split is not None and split not in HELD_OUT_SPLITS:
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
     started = time.monotonic()
-    with ctx.db.read_session() as s:
-        mv = s.get(ModelVersion, model_version_id)
-        if mv is None or (ctx.project_id is not None and mv.project_id != ctx.project_id):
-            raise ValueError(f"model version {model_version_id} is not in project {ctx.project_id}")
-        if mv.state != ModelState.ready.value:
-            raise ValueError(f"model version {model_version_id} is {mv.state}, not ready")
-        project = s.get(Project, mv.project_id)
-        assert project is not None
-        project_id, project_name = project.id, project.name
-        settings = project_settings(project)
+    mv, project, settings = _version_to_report(ctx, model_version_id)
     ctx.progress(0.02, "loading held-out images", force=True)
-    used_split, images, masks, note = _held_out(ctx, project_id, split)
+    used_split, images, masks, note = _held_out(ctx, project.id, split)
     predictor = load_predictor(ctx.store, mv, ctx.settings)
     options = ReportOptions(shift=shift)
     timings: dict[str, float] = {}
     sections: dict[str, Any] = {"calibration": None, "error_detection": None, "shift": None}
     if used_split is not None:
         t0 = time.monotonic()
-        # The per-region figures use the regions annotators are given: the project's kind,
-        # size and smoothing, made exactly as the service makes them; computed, not read with
-        # region_set, so the report job writes no rows.
-        sigma = settings.slic_sigma if settings.region_kind != "grid" else 0.0
-        region_maps = [
-            compute_region_map(image, settings.region_kind, settings.region_size, sigma).labels
-            for image in images
-        ]
-        sections = model_sections(
-            predictor,
-            images,
-            masks,
-            split=used_split,
-            temperature=mv.temperature,
-            options=options,
-            progress=lambda f, m: ctx.progress(0.05 + 0.7 * f, m),
-            region_maps=region_maps,
-            region_kind=f"{settings.region_kind} {settings.region_size}",
-        )
+        sections = _model_sections(ctx, predictor, mv, settings, used_split, images, masks, options)
         timings["model_sections_s"] = time.monotonic() - t0
     ctx.progress(0.78, "learning curve", force=True)
-    versions, total_pixels = _history(ctx, project_id, mv)
-    rows, key, baseline_error = _baseline(ctx, project_id, baseline_key)
-    curve = learning_curve_section(versions, total_pixels, rows, key)
-    if baseline_error:
-        curve["baseline_error"] = baseline_error
-    report: dict[str, Any] = {
-        "schema": REPORT_SCHEMA_VERSION,
-        "computed_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "job_id": ctx.job_id,
-        "model": {
-            "id": mv.id,
-            "version": mv.version,
-            "project_id": project_id,
-            "project_name": project_name,
-            "method": predictor.config.method,
-            "n_samples": predictor.n_samples,
-            "temperature": mv.temperature,
-        },
-        "split": used_split,
-        "held_out_note": note,
-        **sections,
-        "learning_curve": curve,
-        "options": {
-            "n_bins": options.n_bins,
-            "max_pixels": options.max_pixels,
-            "n_boot": options.n_boot,
-            "max_shift_images": options.max_shift_images,
-            "seed": options.seed,
-        },
-    }
-    report = jsonable(report)
+    curve, key = _learning_curve(ctx, project.id, mv, baseline_key)
+    report = _report_document(
+        ctx.job_id, mv, project, predictor, used_split, note, sections, curve, options
+    )
     ctx.progress(0.85, "drawing plots", force=True)
     t0 = time.monotonic()
-    plots = report_plots(report)
-    report["plots"] = {name: ctx.store.put(data) for name, data in plots.items()}
+    report["plots"] = _draw_plots(ctx, report)
     timings["plots_s"] = time.monotonic() - t0
     timings["total_s"] = time.monotonic() - started
     report["timings"] = {k: round(v, 3) for k, v in timings.items()}
@@ -250,3 +196,118 @@ def evaluate(
         "plots": sorted(report["plots"]),
         "baseline_key": key,
     }
+
+
+def _version_to_report(
+    ctx: JobContext, model_version_id: int
+) -> tuple[ModelVersion, Project, ProjectSettings]:
+    """The ready model version of this job's project, its project and settings (detached)."""
+    with ctx.db.read_session() as s:
+        mv = s.get(ModelVersion, model_version_id)
+        if mv is None or (ctx.project_id is not None and mv.project_id != ctx.project_id):
+            raise ValueError(f"model version {model_version_id} is not in project {ctx.project_id}")
+        if mv.state != ModelState.ready.value:
+            raise ValueError(f"model version {model_version_id} is {mv.state}, not ready")
+        project = s.get(Project, mv.project_id)
+        assert project is not None
+        return mv, project, project_settings(project)
+
+
+def _model_sections(
+    ctx: JobContext,
+    predictor: Predictor,
+    mv: ModelVersion,
+    settings: ProjectSettings,
+    split: str,
+    images: list[np.ndarray],
+    masks: list[np.ndarray],
+    options: ReportOptions,
+) -> dict[str, Any]:
+    """Calibration, error detection and the shift check of ``predictor`` on the held-out
+    images. The per-region figures use the regions annotators are given: the project's kind,
+    size and smoothing, made exactly as the service makes them; computed, not read with
+    region_set, so the report job writes no rows."""
+    from activeseg.reports.build import model_sections
+
+    sigma = settings.slic_sigma if settings.region_kind != "grid" else 0.0
+    region_maps = [
+        compute_region_map(image, settings.region_kind, settings.region_size, sigma).labels
+        for image in images
+    ]
+    return model_sections(
+        predictor,
+        images,
+        masks,
+        split=split,
+        temperature=mv.temperature,
+        options=options,
+        progress=lambda f, m: ctx.progress(0.05 + 0.7 * f, m),
+        region_maps=region_maps,
+        region_kind=f"{settings.region_kind} {settings.region_size}",
+    )
+
+
+def _learning_curve(
+    ctx: JobContext, project_id: int, mv: ModelVersion, baseline_key: str | None
+) -> tuple[dict[str, Any], str | None]:
+    """The learning-curve section (every version so far, and the baseline CSV if any) and the
+    baseline's blob key."""
+    from activeseg.reports.learning_curve import learning_curve_section
+
+    versions, total_pixels = _history(ctx, project_id, mv)
+    rows, key, baseline_error = _baseline(ctx, project_id, baseline_key)
+    curve = learning_curve_section(versions, total_pixels, rows, key)
+    if baseline_error:
+        curve["baseline_error"] = baseline_error
+    return curve, key
+
+
+def _report_document(
+    job_id: int | None,
+    mv: ModelVersion,
+    project: Project,
+    predictor: Predictor,
+    split: str | None,
+    note: str | None,
+    sections: dict[str, Any],
+    curve: dict[str, Any],
+    options: ReportOptions,
+) -> dict[str, Any]:
+    """The stored report, JSON-ready (plots and timings are added by the job)."""
+    from activeseg.models.evaluation import jsonable
+    from activeseg.reports import REPORT_SCHEMA_VERSION
+
+    report: dict[str, Any] = {
+        "schema": REPORT_SCHEMA_VERSION,
+        "computed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "job_id": job_id,
+        "model": {
+            "id": mv.id,
+            "version": mv.version,
+            "project_id": project.id,
+            "project_name": project.name,
+            "method": predictor.config.method,
+            "n_samples": predictor.n_samples,
+            "temperature": mv.temperature,
+        },
+        "split": split,
+        "held_out_note": note,
+        **sections,
+        "learning_curve": curve,
+        "options": {
+            "n_bins": options.n_bins,
+            "max_pixels": options.max_pixels,
+            "n_boot": options.n_boot,
+            "max_shift_images": options.max_shift_images,
+            "seed": options.seed,
+        },
+    }
+    result: dict[str, Any] = jsonable(report)
+    return result
+
+
+def _draw_plots(ctx: JobContext, report: dict[str, Any]) -> dict[str, str]:
+    """Draw the report's plots and store them: {plot name: blob key}."""
+    from activeseg.reports.plots import report_plots
+
+    return {name: ctx.store.put(data) for name, data in report_plots(report).items()}
