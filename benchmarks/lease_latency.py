@@ -411,7 +411,7 @@ def main() -> None:
         "--app",
         default="activeseg.api.main:app",
         help="ASGI app to serve; 'module:factory()' calls a factory (e.g. "
-        "'activeseg.api.app:create_app()': the app without main.py's gc.freeze)",
+        "'activeseg.api.app:create_app()'), to compare a variant of the app",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all the sizes")
     args = parser.parse_args()

@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/team_load.py [--annotators 200] [--queued 100000] [--overlap 2]
-        [--think 3,10] [--duration 120] [--warmup 15] [--workers 2]
+        [--think 3,10] [--duration 120] [--warmup 15] [--workers 2] [--spare 0]
+        [--app activeseg.api.main:app]
         [--pg postgresql://postgres@127.0.0.1:5432/postgres]
 
 A throw-away database (``activeseg_bench_team``, dropped and made again) holds one project of
@@ -21,6 +22,15 @@ held it, seen by the load generator), and from the database afterwards: answers 
 (task, annotator) (must be at most 1) and tasks with more answers than the overlap (must be
 none). Targets (issue 16): p99 < 50 ms, 0 errors, 0 double hand-outs. Server, PostgreSQL and
 load generator share the machine.
+
+The annotator loop of issue 17 is the same driver without think time, the client loop a
+labelling tool runs against its backend (next, then submit, N tools at once)::
+
+    python benchmarks/team_load.py --annotators 32 --think 0,0 --overlap 1 \
+        --queued 1000 --spare 20000 --duration 60 --warmup 10
+
+``--spare`` keeps the queue from draining during the run (the end count is printed).
+Targets (issue 17): >= 150 loops/s, submit p99 < 200 ms, at 1,000 and 100,000 queued.
 """
 
 from __future__ import annotations
@@ -115,6 +125,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--annotators", type=int, default=200)
     parser.add_argument("--queued", type=int, default=100_000)
+    parser.add_argument(
+        "--spare",
+        type=int,
+        default=0,
+        help="tasks queued beyond --queued, so that a run without think time never drains "
+        "the queue below --queued (about duration x loops/s)",
+    )
     parser.add_argument("--overlap", type=int, default=2)
     parser.add_argument("--think", default="3,10", help="min,max seconds per task")
     parser.add_argument("--duration", type=float, default=120.0)
@@ -124,7 +141,7 @@ def main() -> None:
         "--app",
         default="activeseg.api.main:app",
         help="ASGI app to serve; 'module:factory()' calls a factory (e.g. "
-        "'activeseg.api.app:create_app()': the app without main.py's gc.freeze)",
+        "'activeseg.api.app:create_app()'), to compare a variant of the app",
     )
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
@@ -132,14 +149,15 @@ def main() -> None:
     assert len(think) == 2 and 0 <= think[0] <= think[1]
 
     with tempfile.TemporaryDirectory() as tmp:
-        n_images = math.ceil(args.queued / REGIONS_PER_IMAGE)
+        total = args.queued + args.spare
+        n_images = math.ceil(total / REGIONS_PER_IMAGE)
         t0 = time.perf_counter()
         env = setup(args.pg, "activeseg_bench_team", Path(tmp), args.annotators, n_images)
         with env.db.session() as s:
             project = s.get(Project, env.pid)
             assert project is not None
             project.settings = {**project.settings, "overlap": args.overlap}
-        fill_queue(env, args.queued, seed=16)
+        fill_queue(env, total, seed=16)
         set_up = time.perf_counter() - t0
         rec = Record()
         with server(env, args.workers, args.app) as url:
@@ -164,16 +182,18 @@ def main() -> None:
             over = conn.execute(
                 "SELECT count(*) FROM tasks WHERE answers > %s", (args.overlap,)
             ).fetchone()
-            answers, finished = conn.execute(
+            answers, finished, left = conn.execute(
                 "SELECT (SELECT count(*) FROM task_answers), "
-                "(SELECT count(*) FROM tasks WHERE state = 'submitted')"
-            ).fetchone() or (0, 0)
+                "(SELECT count(*) FROM tasks WHERE state = 'submitted'), "
+                "(SELECT count(*) FROM tasks WHERE state = 'queued')"
+            ).fetchone() or (0, 0, 0)
         env.db.dispose()
 
     print(f"## Annotation team load ({platform.node()}, {args.workers} API workers, {args.app})\n")
     print(
         f"{args.annotators} annotators, think {think[0]:g}-{think[1]:g} s, overlap "
-        f"{args.overlap}, {args.queued:,} queued tasks, {wall:.0f} s measured after "
+        f"{args.overlap}, {total:,} queued tasks at the start and {left:,} at the end, "
+        f"{wall:.0f} s measured after "
         f"{args.warmup:.0f} s of warm-up "
         f"(set-up {set_up:.0f} s)\n"
     )
