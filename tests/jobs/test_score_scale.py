@@ -107,8 +107,12 @@ def _synthetic(image_id: int, rng: np.random.Generator) -> ScoredImage:
         np.ones(N_REGIONS, np.bool_),
         ("grid", TILE, 0.0),
         means={"entropy": 0.5, "margin": 0.5},
-        heatmap_key="h",
+        heatmap_key=NO_BLOB,
     )
+
+
+NO_BLOB = "0" * 64
+"""A heatmap key of the right shape that names no stored blob (the synthetic scores have none)."""
 
 
 def _score_by_hand(

@@ -1037,8 +1037,13 @@ def _delete_unnamed(db: Database, store: BlobStore, keys: set[str], started: dat
         for part in _in_batches(keys):
             for column in BLOB_KEY_COLUMNS:
                 named |= set(s.scalars(select(column).where(column.in_(part)).distinct()))
+    from activeseg.core.storage import is_blob_key
+
     removed = 0
     for key in sorted(keys - named):
+        if not is_blob_key(key):  # a malformed value names no blob: never stop a sweep on it
+            log.warning("pruning scores: %r is not a blob key; skipped", key)
+            continue
         if store.delete_if_older(key, started):
             removed += 1
     return removed
