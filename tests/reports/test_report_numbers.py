@@ -139,7 +139,9 @@ def test_report_numbers_equal_the_uncertainty_core(method: str, data) -> None:  
         assert got["brier"] == pytest.approx(brier_score(probs, y), **close)
         assert got["nll"] == pytest.approx(negative_log_likelihood(probs, y), **close)
         assert got["accuracy"] == np.mean(probs.argmax(axis=1) == y)
-        assert got["mean_confidence"] == pytest.approx(probs.max(axis=1).mean(), **close)
+        assert got["mean_confidence"] == pytest.approx(
+            probs.max(axis=1).mean(dtype=np.float64), **close
+        )
         assert sum(got["reliability"]["count"]) == y.size
     assert cal["after"]["nll"] != cal["before"]["nll"]  # the temperature was applied
 
