@@ -114,6 +114,49 @@ def available_measures(
     return usable, skipped
 
 
+def calibration_stream(n_classes: int, n_bins: int) -> calibration.CalibrationAccumulator:
+    """The running calibration sums over every labelled pixel (equal-width bins, unlabelled
+    pixels skipped) that both the trainer's metrics (:func:`evaluate`) and the report's
+    calibration section read, so their figures are the same numbers whatever the pixel count."""
+    return calibration.CalibrationAccumulator(n_classes, n_bins, UNLABELLED)
+
+
+def stream_image(
+    accumulator: calibration.CalibrationAccumulator, stack: np.ndarray, mask: np.ndarray
+) -> np.ndarray:
+    """Add one image to ``accumulator``: the predictive distribution, the mean over S of the
+    float32 probabilities ``stack`` ``[S, C, H, W]``, against ``mask`` uint8 ``[H, W]``.
+
+    Returns that distribution ``[C, H, W]`` (the caller's predictions are its argmax), so the
+    trainer and the report average the samples in one place and stream identical values.
+    """
+    mean = stack.mean(axis=0)
+    accumulator.update(mean, mask)
+    return mean
+
+
+def calibration_figures(result: calibration.CalibrationResult) -> dict[str, Any]:
+    """ECE, MCE, Brier, NLL, accuracy, mean confidence and the equal-width reliability diagram
+    (``{edges, confidence, accuracy, count}`` lists) of a :func:`calibration_stream`, as plain
+    Python values (NaN stays NaN, e.g. before any labelled pixel; :func:`jsonable` maps it to
+    None)."""
+    diagram = result["reliability"]
+    return {
+        "ece": result["ece"],
+        "mce": result["mce"],
+        "brier": result["brier"],
+        "nll": result["nll"],
+        "accuracy": result["accuracy"],
+        "mean_confidence": result["mean_confidence"],
+        "reliability": {
+            "edges": diagram.edges.tolist(),
+            "confidence": diagram.confidence.tolist(),
+            "accuracy": diagram.accuracy.tolist(),
+            "count": diagram.count.tolist(),
+        },
+    }
+
+
 def evaluate(
     predictor: Predictor,
     images: Iterable[np.ndarray],
@@ -146,7 +189,7 @@ def evaluate(
     """
     names, skipped = available_measures(predictor.n_samples, measures)
     confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
-    accumulator = calibration.CalibrationAccumulator(n_classes, n_bins, UNLABELLED)
+    accumulator = calibration_stream(n_classes, n_bins)
     reservoir = PixelReservoir(max_detection_pixels, seed)
     n_images = 0
     for index, (stack, mask) in enumerate(
@@ -163,12 +206,11 @@ def evaluate(
         truth = mask[labelled].astype(np.int64)
         if truth.size and int(truth.max()) >= n_classes:
             raise ValueError(f"mask {index} holds class id {int(truth.max())} >= {n_classes}")
-        mean = stack.mean(axis=0)  # [C, H, W]
+        mean = stream_image(accumulator, stack, mask)  # [C, H, W]
         predicted = mean.argmax(axis=0)[labelled]
         confusion += np.bincount(
             truth * n_classes + predicted, minlength=n_classes * n_classes
         ).reshape(n_classes, n_classes)
-        accumulator.update(mean, mask)
         if truth.size:
             maps = compute_measures(stack, names) if names else {}
             columns = {name: maps[name][labelled] for name in names}
@@ -179,8 +221,7 @@ def evaluate(
             reservoir.add(columns)
 
     iou, miou, pixel_accuracy = iou_from_confusion(confusion)
-    cal = accumulator.result()
-    reliability = cal["reliability"]
+    cal = calibration_figures(accumulator.result())
     detection: dict[str, dict[str, float]] = {}
     detection_fg: dict[str, dict[str, float]] = {}
     errors = reservoir.columns.get("_errors")
@@ -216,12 +257,7 @@ def evaluate(
             "brier": cal["brier"],
             "nll": cal["nll"],
             "calibration_accuracy": cal["accuracy"],
-            "reliability": {
-                "edges": reliability.edges,
-                "confidence": reliability.confidence,
-                "accuracy": reliability.accuracy,
-                "count": reliability.count,
-            },
+            "reliability": cal["reliability"],
             "error_detection": detection,
             "error_detection_pixels": int(reservoir.keys.size),
             "background_class": majority,

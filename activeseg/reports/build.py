@@ -2,7 +2,8 @@
 
 Cost: one forward pass per held-out image (S samples), one deterministic pass for the single-pass
 row when S > 1, and one pass per perturbed copy of at most ``max_shift_images`` images; then
-numpy on at most ``max_pixels`` sampled pixels (plus a bootstrap on at most 20 000).
+numpy on at most ``max_pixels`` sampled pixels (plus a bootstrap on at most 20 000); the
+calibration sums stream over every labelled pixel.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from activeseg.models.inference import Predictor
-from activeseg.reports.calibration import DEFAULT_BINS, calibration_section
+from activeseg.reports.calibration import calibration_section
 from activeseg.reports.collect import (
+    DEFAULT_BINS,
     DEFAULT_MAX_PIXELS,
     PixelSample,
     collect_pixels,
@@ -86,6 +88,7 @@ def model_sections(
         single_pass=single,
         region_maps=region_maps,
         region_kind=region_kind,
+        n_bins=opts.n_bins,
     )
     report_progress(0.4, "calibration and error detection")
     sections: dict[str, Any] = {

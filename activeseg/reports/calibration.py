@@ -1,10 +1,15 @@
 """Calibration section: how far the predicted confidence is from the observed accuracy, before
 (``T = 1``) and after the version's temperature (Guo et al. 2017).
 
-Every number comes from :mod:`activeseg.uncertainty.calibration` on the same sampled pixels:
-ECE with equal-width bins (Naeini et al. 2015) and with adaptive, equal-mass bins (Nixon et al.
-2019), MCE, multi-class Brier score, NLL, accuracy, and the reliability diagram (per bin: mean
-confidence, accuracy, pixel count).
+ECE with equal-width bins (Naeini et al. 2015), MCE, multi-class Brier score, NLL, accuracy,
+mean confidence and the reliability diagram (per bin: mean confidence, accuracy, pixel count)
+are read from the calibration sums that :func:`activeseg.reports.collect.collect_pixels` streams
+over *every* labelled pixel with the trainer's own functions
+(:func:`activeseg.models.evaluation.calibration_stream`,
+:func:`activeseg.models.evaluation.calibration_figures`): they are exact, and equal the metrics a
+retrain stores, whatever the number of pixels. Only the ECE with adaptive, equal-mass bins
+(Nixon et al. 2019), which needs every confidence at once, comes from the sampled pixels (exact
+too when every labelled pixel fits in the sample).
 
 The same figures on the *foreground* pixels (true class other than the majority class of all
 evaluated labelled pixels), where the easy, confident background does not hide a miscalibration,
@@ -20,14 +25,19 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from activeseg.reports.collect import PixelSample, RegionSample
+from activeseg.models.evaluation import calibration_figures
+from activeseg.reports.collect import DEFAULT_BINS, PixelSample, RegionSample
 from activeseg.uncertainty import (
     ReliabilityDiagram,
     brier_score,
     negative_log_likelihood,
     reliability_bins,
 )
-from activeseg.uncertainty.calibration import majority_class, reliability_from_confidence
+from activeseg.uncertainty.calibration import (
+    CalibrationAccumulator,
+    majority_class,
+    reliability_from_confidence,
+)
 
 __all__ = [
     "DEFAULT_BINS",
@@ -35,9 +45,8 @@ __all__ = [
     "calibration_section",
     "diagram_dict",
     "region_calibration_metrics",
+    "streamed_calibration_metrics",
 ]
-
-DEFAULT_BINS = 15
 
 
 def diagram_dict(diagram: ReliabilityDiagram) -> dict[str, Any]:
@@ -78,6 +87,32 @@ def calibration_metrics(
         "accuracy": float(np.mean(probs.argmax(axis=1) == labels)),
         "mean_confidence": float(np.mean(probs.max(axis=1), dtype=np.float64)),
         "reliability": diagram_dict(equal),
+    }
+
+
+def streamed_calibration_metrics(
+    stream: CalibrationAccumulator,
+    probs: npt.NDArray[np.floating],
+    labels: npt.NDArray[np.int64],
+    n_bins: int = DEFAULT_BINS,
+) -> dict[str, Any]:
+    """:func:`calibration_metrics`' figures with everything but the adaptive ECE read from
+    ``stream`` (every labelled pixel, the trainer's sums); the adaptive ECE from the sampled
+    probabilities ``[P, C]`` and labels ``[P]``."""
+    if stream.n_bins != n_bins:
+        raise ValueError(f"the pixels were collected with {stream.n_bins} bins, not {n_bins}")
+    result = stream.result()
+    figures = calibration_figures(result)
+    adaptive = reliability_bins(probs, labels, n_bins, adaptive=True) if labels.size else None
+    return {
+        "ece": figures["ece"],
+        "ece_adaptive": adaptive.ece if adaptive is not None else math.nan,
+        "mce": figures["mce"],
+        "brier": figures["brier"],
+        "nll": figures["nll"],
+        "accuracy": figures["accuracy"],
+        "mean_confidence": figures["mean_confidence"],
+        "reliability": figures["reliability"] if result["n_pixels"] else None,
     }
 
 
@@ -132,15 +167,18 @@ def calibration_section(
 
     Keys: ``split``, ``n_images``, ``n_pixels`` (sampled) and ``n_pixels_total``, ``n_bins``,
     ``temperature``, ``before`` (``T = 1``) and ``after`` (fitted T; None without one), each
-    from :func:`calibration_metrics`, ``foreground`` {majority_class, n_pixels, before, after}
-    (the same metrics, without the diagram, on the sampled foreground pixels), ``regions``
-    {kind, n_regions, before, after} (:func:`region_calibration_metrics`; None without region
-    maps) and ``note``.
+    from :func:`streamed_calibration_metrics` (over every labelled pixel: ``sample`` must come
+    from :func:`activeseg.reports.collect.collect_pixels` with masks, ``n_bins`` as collected),
+    ``foreground`` {majority_class, n_pixels, before, after} (:func:`calibration_metrics`
+    without the diagram, on the sampled foreground pixels), ``regions`` {kind, n_regions,
+    before, after} (:func:`region_calibration_metrics`; None without region maps) and ``note``.
     """
-    before = calibration_metrics(sample.probs, sample.labels, n_bins)
+    if sample.calibration is None or (sample.probs_t is not None and sample.calibration_t is None):
+        raise ValueError("the calibration section needs the calibration sums of labelled pixels")
+    before = streamed_calibration_metrics(sample.calibration, sample.probs, sample.labels, n_bins)
     after = (
-        calibration_metrics(sample.probs_t, sample.labels, n_bins)
-        if sample.probs_t is not None
+        streamed_calibration_metrics(sample.calibration_t, sample.probs_t, sample.labels, n_bins)
+        if sample.probs_t is not None and sample.calibration_t is not None
         else None
     )
     counts = sample.class_counts

@@ -20,7 +20,11 @@ random key per pixel), so memory stays bounded and the report keeps the pixels t
 metrics keep; when every labelled pixel fits, all of them are kept in image order and the
 figures are exact.
 
-Two things are counted over *every* labelled pixel, not the sample: the pixels per true class
+Three things are counted over *every* labelled pixel, not the sample: the calibration sums at
+``T = 1`` and at the version's T (``calibration`` / ``calibration_t``: the trainer's stream,
+:func:`activeseg.models.evaluation.calibration_stream` fed by
+:func:`activeseg.models.evaluation.stream_image`, so the report's calibration figures are the
+trainer's exactly, however many pixels there are), the pixels per true class
 (``class_counts``; its majority class is the report's background, see
 :func:`activeseg.uncertainty.calibration.majority_class`), and, when the images come with region
 maps (the project's superpixels or grid tiles, as the service computes them), one row per region
@@ -37,14 +41,15 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from activeseg.models.evaluation import PixelReservoir
+from activeseg.models.evaluation import PixelReservoir, calibration_stream, stream_image
 from activeseg.models.inference import Predictor
 from activeseg.models.preprocess import IGNORE_INDEX
 from activeseg.uncertainty import compute_measures, pool_mean
-from activeseg.uncertainty.calibration import region_error_counts
+from activeseg.uncertainty.calibration import CalibrationAccumulator, region_error_counts
 from activeseg.uncertainty.measures import ENTROPY, MEASURES
 
 __all__ = [
+    "DEFAULT_BINS",
     "ENSEMBLE_ROWS",
     "MIN_LABELLED_SHARE",
     "SINGLE_PASS_ROW",
@@ -75,6 +80,9 @@ SINGLE_PASS_ROW = "entropy_one_pass"
 """Entropy of one deterministic forward pass, against that pass's own errors (S > 1 only)."""
 
 DEFAULT_MAX_PIXELS = 200_000
+
+DEFAULT_BINS = 15
+"""Equal-width confidence bins of the calibration figures (the trainer's default too)."""
 
 MIN_LABELLED_SHARE = 0.5
 """A region enters the per-region figures when at least this share of its pixels is labelled:
@@ -150,6 +158,9 @@ class PixelSample:
         class_counts: int64 ``[C]``: labelled pixels per true class over *all* labelled pixels
             (before sampling); zeros without labels.
         regions: per-region rows (:class:`RegionSample`) when region maps were given, else None.
+        calibration: the calibration sums of the ``T = 1`` predictive distribution over *all*
+            labelled pixels (before sampling), streamed as the trainer streams them; None
+            without labels. calibration_t: the same at the version's temperature, or None.
     """
 
     image_index: npt.NDArray[np.int32]
@@ -167,6 +178,8 @@ class PixelSample:
     temperature: float | None = None
     class_counts: npt.NDArray[np.int64] | None = None
     regions: RegionSample | None = None
+    calibration: CalibrationAccumulator | None = None
+    calibration_t: CalibrationAccumulator | None = None
 
     @property
     def n_pixels(self) -> int:
@@ -219,6 +232,7 @@ def collect_pixels(
     batch_size: int | None = None,
     region_maps: Sequence[npt.NDArray[np.integer]] | None = None,
     region_kind: str | None = None,
+    n_bins: int = DEFAULT_BINS,
 ) -> PixelSample:
     """Predict ``images`` (uint8 ``[H, W]`` or ``[H, W, 3]``) and sample their labelled pixels.
 
@@ -226,8 +240,9 @@ def collect_pixels(
     (every pixel is a candidate; labels are -1 and no pixel counts as an error). ``temperature``:
     the version's fitted temperature or None. ``single_pass``: see
     :func:`single_pass_predictor`. ``region_maps``: int ``[H, W]`` region ids ``0..R-1`` per
-    image (with ``masks`` only), for the per-region rows; ``region_kind`` names them. Returns a
-    :class:`PixelSample`.
+    image (with ``masks`` only), for the per-region rows; ``region_kind`` names them.
+    ``n_bins``: equal-width bins of the calibration sums, which see every labelled pixel (the
+    sample's cap does not apply to them). Returns a :class:`PixelSample`.
     """
     if masks is not None and len(masks) != len(images):
         raise ValueError(f"{len(images)} images but {len(masks)} masks")
@@ -250,6 +265,12 @@ def collect_pixels(
         measure_cols[TEMPERATURE_ROW] = []
     total = 0
     class_counts = np.zeros(predictor.config.n_classes, np.int64)
+    # The trainer's calibration stream (models.evaluation.evaluate), over every labelled pixel.
+    streams = (
+        [calibration_stream(predictor.config.n_classes, n_bins) for _ in range(2)]
+        if masks is not None
+        else None
+    )
     region_parts: dict[str, list[np.ndarray]] = {
         k: []
         for k in ("index", "id", "pixels", "labelled", "errors", "conf", "acc", "conf_t", "acc_t")
@@ -286,7 +307,8 @@ def collect_pixels(
         row: dict[str, np.ndarray] = {}
         stack = softmax_stack(logits, None)  # [S, C, H, W]
         n_classes = stack.shape[1]
-        mean = stack.mean(axis=0).reshape(n_classes, -1)[:, chosen].T  # [p, C]
+        mean_map = stack.mean(axis=0) if streams is None else stream_image(streams[0], stack, mask)
+        mean = mean_map.reshape(n_classes, -1)[:, chosen].T  # [p, C]
         labels = (
             flat_mask[chosen].astype(np.int64)
             if flat_mask is not None
@@ -299,7 +321,10 @@ def collect_pixels(
         stack_t = None
         if temperature is not None:
             stack_t = softmax_stack(logits, temperature)
-            served = stack_t.mean(axis=0).reshape(n_classes, -1)[:, chosen].T
+            mean_map_t = (
+                stack_t.mean(axis=0) if streams is None else stream_image(streams[1], stack_t, mask)
+            )
+            served = mean_map_t.reshape(n_classes, -1)[:, chosen].T
             row["probs_t"] = served
             maps[TEMPERATURE_ROW] = compute_measures(stack_t, (ENTROPY.name,))[ENTROPY.name]
             row[_MEASURE + TEMPERATURE_ROW] = maps[TEMPERATURE_ROW].reshape(-1)[chosen]
@@ -369,6 +394,8 @@ def collect_pixels(
         temperature=temperature,
         class_counts=class_counts,
         regions=regions,
+        calibration=streams[0] if streams is not None else None,
+        calibration_t=streams[1] if streams is not None and temperature is not None else None,
     )
 
 

@@ -114,8 +114,9 @@ def _calibration(cal: dict[str, Any] | None, plots: dict[str, bytes]) -> str:
         else "No per-region figures (no region maps were given to this report)."
     )
     return (
-        f"<p>{_num(cal['n_pixels'])} sampled of {_num(cal['n_pixels_total'])} labelled pixels "
-        f"in {_num(cal['n_images'])} <b>{_e(cal['split'])}</b> images.</p>"
+        f"<p>All {_num(cal['n_pixels_total'])} labelled pixels in {_num(cal['n_images'])} "
+        f"<b>{_e(cal['split'])}</b> images (the adaptive ECE and the foreground on "
+        f"{_num(cal['n_pixels'])} sampled of them).</p>"
         + _table(header, rows)
         + f'<p class="note">{scope_note}</p>'
         + f'<p class="note">{_e(cal.get("note"))}</p>'

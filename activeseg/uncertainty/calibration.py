@@ -473,6 +473,7 @@ class CalibrationResult(TypedDict):
     brier: float
     nll: float
     accuracy: float
+    mean_confidence: float
     n_pixels: int
     reliability: ReliabilityDiagram
 
@@ -543,6 +544,7 @@ class CalibrationAccumulator:
             brier=per(self._brier),
             nll=per(self._nll),
             accuracy=per(float(self._correct_sum.sum())),
+            mean_confidence=per(float(self._conf_sum.sum())),
             n_pixels=total,
             reliability=diagram,
         )

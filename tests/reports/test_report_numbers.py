@@ -3,7 +3,8 @@
 A small UNet with fixed (seeded) weights predicts fixed digit canvases. Every figure of the
 calibration and error-detection sections is recomputed here independently: probabilities from
 ``Predictor.predict`` (with and without the temperature), pixels from ``flatten_pixels``,
-metrics from ``activeseg.uncertainty``; they must be equal.
+metrics from ``activeseg.uncertainty``; they must be equal (the streamed calibration sums up to
+the order of float additions).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from activeseg.datasets.digits import digits
 from activeseg.models.config import ModelConfig
-from activeseg.models.evaluation import PixelReservoir, evaluate
+from activeseg.models.evaluation import PixelReservoir, evaluate, jsonable
 from activeseg.models.inference import Predictor
 from activeseg.models.unet import UNet
 from activeseg.reports.build import ReportOptions, model_sections
@@ -130,12 +131,17 @@ def test_report_numbers_equal_the_uncertainty_core(method: str, data) -> None:  
     assert cal["n_pixels"] == cal["n_pixels_total"] == y.size  # every labelled pixel, no sample
     for key, probs in (("before", p1), ("after", pt)):
         got = cal[key]
-        assert got["ece"] == expected_calibration_error(probs, y, 15)
+        # streamed image by image: the same sums, added in another order
+        close = {"rel": 1e-12, "abs": 1e-15}
+        assert got["ece"] == pytest.approx(expected_calibration_error(probs, y, 15), **close)
         assert got["ece_adaptive"] == expected_calibration_error(probs, y, 15, adaptive=True)
-        assert got["mce"] == maximum_calibration_error(probs, y, 15)
-        assert got["brier"] == brier_score(probs, y)
-        assert got["nll"] == negative_log_likelihood(probs, y)
+        assert got["mce"] == pytest.approx(maximum_calibration_error(probs, y, 15), **close)
+        assert got["brier"] == pytest.approx(brier_score(probs, y), **close)
+        assert got["nll"] == pytest.approx(negative_log_likelihood(probs, y), **close)
         assert got["accuracy"] == np.mean(probs.argmax(axis=1) == y)
+        assert got["mean_confidence"] == pytest.approx(
+            probs.max(axis=1).mean(dtype=np.float64), **close
+        )
         assert sum(got["reliability"]["count"]) == y.size
     assert cal["after"]["nll"] != cal["before"]["nll"]  # the temperature was applied
 
@@ -211,30 +217,48 @@ def test_pixel_cap_samples_with_the_trainers_reservoir(data) -> None:  # type: i
     assert (sample.labels != 255).all()
 
 
+SMALL_CAPACITY = 500
+"""Far fewer than the thousands of labelled pixels of the four canvases: a true sample."""
+
+
+@pytest.mark.parametrize("capacity", [None, SMALL_CAPACITY])
 @pytest.mark.parametrize(("method", "temperature"), [("mc_dropout", None), ("single", 1.7)])
-def test_trainer_metrics_equal_the_report_figures(data, method, temperature) -> None:  # type: ignore[no-untyped-def]
+def test_trainer_metrics_equal_the_report_figures(data, method, temperature, capacity) -> None:  # type: ignore[no-untyped-def]
     """One pipeline: the trainer's metrics (models.evaluation.evaluate, what a retrain stores)
     and the report's figures for the same model and pixels are the same numbers. The trainer
     serves with the temperature, so its figures are the report's "after" and its entropy is
-    the report's temperature-scaled entropy row."""
+    the report's temperature-scaled entropy row. With more labelled pixels than the sample
+    holds, calibration still covers every labelled pixel on both sides (the same stream, so the
+    same numbers bit for bit) and error detection the same sampled pixels."""
     images, masks = data
-    metrics = evaluate(fixed_predictor(method, temperature), images, masks, 11)
+    cap = {} if capacity is None else {"max_detection_pixels": capacity}
+    metrics = evaluate(fixed_predictor(method, temperature), images, masks, 11, **cap)
+    options = ReportOptions(shift=False, n_boot=10)
+    if capacity is not None:
+        options = ReportOptions(shift=False, n_boot=10, max_pixels=capacity)
     sections = model_sections(
         fixed_predictor(method, None),
         images,
         masks,
         split="val",
         temperature=temperature,
-        options=ReportOptions(shift=False, n_boot=10),
+        options=options,
     )
-    cal = sections["calibration"]["after" if temperature else "before"]
+    section = sections["calibration"]
+    cal = section["after" if temperature else "before"]
+    n_labelled = sum(int((m != 255).sum()) for m in masks)
+    assert metrics["n_labelled_pixels"] == section["n_pixels_total"] == n_labelled
+    if capacity is not None:
+        assert section["n_pixels"] == capacity < n_labelled
     for key in ("ece", "mce", "brier", "nll"):
-        assert metrics[key] == pytest.approx(cal[key], rel=1e-5, abs=1e-9), key
-    assert metrics["calibration_accuracy"] == pytest.approx(cal["accuracy"], abs=1e-12)
-    assert metrics["reliability"]["count"] == cal["reliability"]["count"]
+        assert metrics[key] == cal[key], key
+    assert metrics["calibration_accuracy"] == cal["accuracy"]
+    # edges, confidence, accuracy, count (NaN of empty bins as None on both sides)
+    assert metrics["reliability"] == jsonable(cal["reliability"])
+    assert sum(cal["reliability"]["count"]) == n_labelled
     det = sections["error_detection"]
     rows = {r["measure"]: r for r in det["rows"]}
-    assert metrics["error_detection_pixels"] == det["n_pixels"]
+    assert metrics["error_detection_pixels"] == det["n_pixels"] == section["n_pixels"]
     assert metrics["foreground_pixels"] == det["foreground"]["n_pixels"]
     pairs = (
         {"entropy": "entropy_t"}

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from activeseg.models.evaluation import calibration_stream, stream_image
 from activeseg.reports.calibration import calibration_section, region_calibration_metrics
 from activeseg.reports.collect import PixelSample, RegionSample, _add_regions
 from activeseg.reports.detection import detection_verdict, error_detection_section
@@ -229,6 +230,9 @@ def hand_sample() -> PixelSample:
         scores={"entropy": np.array([0.9, 0.1, 0.5])},
         kind="grid 2",
     )
+    # the calibration sums over these pixels, as collect_pixels streams them (10 bins)
+    stream = calibration_stream(3, 10)
+    stream_image(stream, probs.T[None, :, :, None], labels[:, None].astype(np.uint8))
     return PixelSample(
         image_index=np.array([0, 0, 0, 0, 1, 1, 1, 1], np.int32),
         labels=labels,
@@ -240,6 +244,7 @@ def hand_sample() -> PixelSample:
         n_pixels_total=8,
         class_counts=np.array([5, 2, 1]),
         regions=regions,
+        calibration=stream,
     )
 
 
@@ -257,6 +262,11 @@ def test_detection_and_calibration_sections_on_hand_made_pixels_and_regions() ->
     assert det["regions"]["n_with_error"] == 2 and det["regions"]["kind"] == "grid 2"
     assert "carried by the easy background" in det["verdict"]
     cal = calibration_section(sample, "val", n_bins=10)
+    # all eight pixels at confidence 0.8, five right: one bin, |0.625 - 0.8|
+    assert cal["before"]["ece"] == pytest.approx(0.8 - 5 / 8) and cal["after"] is None
+    assert cal["before"]["reliability"]["count"][8] == 8
+    with pytest.raises(ValueError, match="collected with 10 bins"):
+        calibration_section(sample, "val", n_bins=15)
     assert cal["foreground"]["n_pixels"] == 3
     assert cal["foreground"]["before"]["accuracy"] == pytest.approx(1 / 3)
     assert cal["foreground"]["before"]["ece"] == pytest.approx(0.8 - 1 / 3)

@@ -136,12 +136,14 @@ def test_streaming_equals_batch() -> None:
     assert res["brier"] == pytest.approx(brier_score(p, y), rel=1e-12)
     assert res["nll"] == pytest.approx(negative_log_likelihood(p, y), rel=1e-12)
     assert res["accuracy"] == pytest.approx(np.mean(p.argmax(1) == y))
+    assert res["mean_confidence"] == pytest.approx(np.mean(p.max(1)), rel=1e-12)
     np.testing.assert_array_equal(res["reliability"].count, reliability_bins(p, y).count)
 
 
 def test_empty_accumulator_gives_nan() -> None:
     res = CalibrationAccumulator(3).result()
     assert res["n_pixels"] == 0 and math.isnan(res["ece"]) and math.isnan(res["brier"])
+    assert math.isnan(res["mean_confidence"])
 
 
 # --------------------------------------------------------------------------------------------
