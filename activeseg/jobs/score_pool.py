@@ -29,8 +29,6 @@ import logging
 import time
 from typing import Any
 
-import numpy as np
-
 from activeseg.core.heatmaps import decode_heatmaps, encode_heatmaps
 from activeseg.core.imaging import decode_image
 from activeseg.core.project_config import ProjectSettings
@@ -43,7 +41,6 @@ from activeseg.core.services.pool import (
     region_map_lookup,
     selection_class_counts,
 )
-from activeseg.core.services.pool import brief_write as _brief_write
 from activeseg.core.services.pool import write_batch as _write
 from activeseg.core.services.projects import project_settings
 from activeseg.core.services.regions import region_count_warning, region_sigma
@@ -62,7 +59,6 @@ from activeseg.uncertainty.regions import RegionMap
 
 log = logging.getLogger(__name__)
 __all__ = [
-    "_brief_write",
     "_write",
     "decode_heatmaps",
     "encode_heatmaps",
@@ -219,8 +215,3 @@ def _result(
         result["region_warnings"] = chunk.warnings[:MAX_WARNINGS]
         result["region_warnings_total"] = len(chunk.warnings)
     return result
-
-
-def _labelled_class_counts(ctx: JobContext, project_id: int, n_classes: int) -> np.ndarray:
-    """:func:`activeseg.core.services.pool.selection_class_counts` of the job's stores."""
-    return selection_class_counts(ctx.db, ctx.store, project_id, n_classes)

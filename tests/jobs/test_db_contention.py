@@ -24,6 +24,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from activeseg.core.db import Database
+from activeseg.core.services.pool import brief_write
 from activeseg.core.tables import (
     ImageRegionScores,
     Job,
@@ -32,7 +33,6 @@ from activeseg.core.tables import (
 )
 from activeseg.jobs import runner
 from activeseg.jobs.runner import JobContext, run_job
-from activeseg.jobs.score_pool import _brief_write
 from tests.conftest import Stack, running_stack, stack_env
 from tests.utils import (
     build_queue_inline,
@@ -157,10 +157,10 @@ def test_the_heartbeat_keeps_beating_while_a_job_reads_and_another_connection_wr
 
     def hammer() -> None:
         # Chunk after chunk as score_pool writes them: each holds the lock 20 ms, then leaves
-        # it free as long (_brief_write). Re-taking it at once, as no job does, starved the
+        # it free as long (brief_write). Re-taking it at once, as no job does, starved the
         # heartbeat when every core was busy: SQLite's lock is not fair.
         while not stop.is_set():
-            with _brief_write(db) as s:
+            with brief_write(db) as s:
                 s.execute(update(Job).where(Job.id == -1).values(progress=0.0))
                 time.sleep(0.02)  # the lock is held meanwhile
 

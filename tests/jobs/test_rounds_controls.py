@@ -6,16 +6,15 @@ Over real HTTP on both databases."""
 from __future__ import annotations
 
 import base64
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 from sqlalchemy import select
 
+from activeseg.core.services.pool import selection_class_counts
 from activeseg.core.services.scores import ScoredImage
 from activeseg.core.tables import ImageRegionScores, RegionSet, Task
-from activeseg.jobs.score_pool import _labelled_class_counts
 from activeseg.uncertainty.control import compare_error_rates
 from activeseg.uncertainty.pooling import class_weights_from_labels
 from activeseg.uncertainty.regions import grid_regions
@@ -212,8 +211,7 @@ def test_class_balanced_weights_ignore_val_and_test_masks(stack: Stack, admin) -
     for n, (split, mask) in enumerate(masks.items()):
         [image_id] = _images(admin, pid, 1, split=split, seed=200 + n)
         put_mask(admin, image_id, mask)
-    ctx = SimpleNamespace(db=stack.db, store=stack.store)
-    counts = _labelled_class_counts(ctx, pid, 3)  # type: ignore[arg-type]
+    counts = selection_class_counts(stack.db, stack.store, pid, 3)  # type: ignore[attr-defined]
     assert counts.tolist() == [768, 256, 0]
     leaked = counts + np.array([0, 1024, 1024])
     assert not np.allclose(class_weights_from_labels(counts), class_weights_from_labels(leaked))
