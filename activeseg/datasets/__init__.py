@@ -4,14 +4,13 @@
 imported here, so reading a dataset needs no database.
 """
 
-from activeseg.datasets.base import IGNORE_INDEX, ClassDef, Dataset, Sample, to_uint8
+from activeseg.datasets.base import ClassDef, Dataset, Sample, to_uint8
 from activeseg.datasets.digits import digits
 from activeseg.datasets.folder import FolderDatasetError, folder
 from activeseg.datasets.nuclei import DatasetUnavailableError, nuclei
 from activeseg.datasets.registry import load_dataset
 
 __all__ = [
-    "IGNORE_INDEX",
     "ClassDef",
     "Dataset",
     "DatasetUnavailableError",

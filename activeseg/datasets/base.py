@@ -11,7 +11,6 @@ import numpy as np
 
 from activeseg.uncertainty.labels import UNLABELLED
 
-IGNORE_INDEX = UNLABELLED  # the datasets' name for it
 """Mask value of an unlabelled pixel."""
 
 PALETTE = [
@@ -51,7 +50,7 @@ class ClassDef:
     colour: str
 
     def __post_init__(self) -> None:
-        if not 0 <= self.id < IGNORE_INDEX:
+        if not 0 <= self.id < UNLABELLED:
             raise ValueError(f"class id must be in 0..254 (255 = unlabelled), got {self.id}")
         if not self.name:
             raise ValueError(f"class {self.id} needs a non-empty name")
@@ -67,7 +66,7 @@ class Sample:
     """One image and its index mask.
 
     ``image``: uint8 ``[H, W]`` or ``[H, W, 3]``; ``mask``: uint8 ``[H, W]`` with class ids and
-    ``IGNORE_INDEX`` where nothing is labelled.
+    ``UNLABELLED`` where nothing is labelled.
     """
 
     name: str

@@ -25,12 +25,12 @@ from PIL import Image
 from activeseg.core.errors import DomainError
 from activeseg.core.imaging import decode_image, display_image
 from activeseg.datasets.base import (
-    IGNORE_INDEX,
     ClassDef,
     Dataset,
     Sample,
     default_colour,
 )
+from activeseg.uncertainty.labels import UNLABELLED
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
@@ -104,7 +104,7 @@ def read_mask(path: Path, image_shape: tuple[int, ...]) -> np.ndarray:
             f"{image_shape[0]}x{image_shape[1]}"
         )
     if array.dtype != np.uint8:
-        if array.dtype.kind not in "iu" or array.min() < 0 or array.max() > IGNORE_INDEX:
+        if array.dtype.kind not in "iu" or array.min() < 0 or array.max() > UNLABELLED:
             raise FolderDatasetError(
                 f"mask {path} has {array.dtype} values outside 0..255; class ids must be 0..254 "
                 "and 255 marks unlabelled pixels"
@@ -202,7 +202,7 @@ def folder(
                     values = np.unique(_read_array(maybe_mask))
                 except (OSError, ValueError) as exc:
                     raise FolderDatasetError(f"cannot read mask {maybe_mask}: {exc}") from exc
-                values = values[values != IGNORE_INDEX]
+                values = values[values != UNLABELLED]
                 if values.size:
                     highest = max(highest, int(values.max()))
         n_classes = max(2, highest + 1)
@@ -217,11 +217,11 @@ def folder(
         for image_path, maybe_mask in pairs:
             image = read_image(image_path)
             if maybe_mask is None:
-                mask = np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
+                mask = np.full(image.shape[:2], UNLABELLED, dtype=np.uint8)
             else:
                 mask = read_mask(maybe_mask, image.shape)
                 values = np.unique(mask)
-                bad = values[(values >= n_classes) & (values != IGNORE_INDEX)]
+                bad = values[(values >= n_classes) & (values != UNLABELLED)]
                 if bad.size:
                     raise FolderDatasetError(
                         f"mask {maybe_mask} holds class ids {bad.tolist()} but the dataset has "

@@ -22,7 +22,6 @@ import numpy as np
 
 from activeseg.uncertainty.labels import UNLABELLED
 
-IGNORE_INDEX = UNLABELLED  # the name torch gives it (cross_entropy ignore_index)
 """Mask value of a pixel that nobody labelled yet; the loss never sees it."""
 
 PERCENTILES = (0.5, 99.5)
@@ -102,7 +101,7 @@ def normalise_image(
 def check_mask(mask: np.ndarray, image: np.ndarray, n_classes: int, index: int) -> None:
     """Refuse a mask that does not fit its image ``[H, W(, 3)]`` or holds unknown class ids.
 
-    ``mask``: uint8 ``[H, W]`` with values in ``[0, n_classes)`` or ``IGNORE_INDEX``.
+    ``mask``: uint8 ``[H, W]`` with values in ``[0, n_classes)`` or ``UNLABELLED``.
     """
     if mask.ndim != 2 or mask.shape != image.shape[:2]:
         raise ValueError(
@@ -112,9 +111,9 @@ def check_mask(mask: np.ndarray, image: np.ndarray, n_classes: int, index: int) 
     if mask.dtype != np.uint8:
         raise TypeError(f"mask {index} must be uint8, got {mask.dtype}")
     values = np.unique(mask)
-    bad = values[(values >= n_classes) & (values != IGNORE_INDEX)]
+    bad = values[(values >= n_classes) & (values != UNLABELLED)]
     if bad.size:
         raise ValueError(
             f"mask {index} holds class ids {bad.tolist()} outside 0..{n_classes - 1} "
-            f"(and {IGNORE_INDEX} = unlabelled)"
+            f"(and {UNLABELLED} = unlabelled)"
         )

@@ -1,6 +1,6 @@
 """Train the members of one model version on partially labelled masks.
 
-Masks are uint8 ``[H, W]``; ``IGNORE_INDEX`` (255) marks pixels nobody labelled, and the loss
+Masks are uint8 ``[H, W]``; ``UNLABELLED`` (255) marks pixels nobody labelled, and the loss
 ignores them: an image with a single labelled superpixel trains exactly that superpixel.
 Training is seeded: member k draws its initial weights, dropout masks, batch order, crops and
 augmentations from ``config.seed + k``, and on the CPU two runs give identical weights.
@@ -26,12 +26,12 @@ from activeseg.models.config import ModelConfig
 from activeseg.models.device import resolve_device, rng_devices
 from activeseg.models.inference import consecutive_batches
 from activeseg.models.preprocess import (
-    IGNORE_INDEX,
     check_mask,
     intensity_range,
     normalise_image,
 )
 from activeseg.models.unet import UNet
+from activeseg.uncertainty.labels import UNLABELLED
 
 logger = logging.getLogger(__name__)
 
@@ -84,17 +84,17 @@ def segmentation_loss(
 ) -> torch.Tensor:
     """Mean cross entropy over labelled pixels.
 
-    ``logits``: ``[B, C, H, W]``; ``target``: int64 ``[B, H, W]`` with ``IGNORE_INDEX`` at
+    ``logits``: ``[B, C, H, W]``; ``target``: int64 ``[B, H, W]`` with ``UNLABELLED`` at
     unlabelled pixels, which get exactly zero gradient; ``class_weights``: ``[C]`` or None.
     """
-    return F.cross_entropy(logits, target, weight=class_weights, ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(logits, target, weight=class_weights, ignore_index=UNLABELLED)
 
 
 def labelled_class_counts(masks: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
     """Labelled pixels per class ``[C]`` (int64) over ``masks`` (uint8 ``[H, W]`` each)."""
     counts = np.zeros(n_classes, dtype=np.int64)
     for mask in masks:
-        labelled = mask[mask != IGNORE_INDEX]
+        labelled = mask[mask != UNLABELLED]
         counts += np.bincount(labelled, minlength=n_classes)[:n_classes]
     return counts
 
@@ -163,7 +163,7 @@ class PatchSampler:
 
     Every patch contains at least one labelled pixel: its position is drawn around a labelled
     pixel picked uniformly, so sparsely labelled images keep contributing. Images smaller than
-    the patch are padded (symmetric for the image, ``IGNORE_INDEX`` for the mask). The patch is
+    the patch are padded (symmetric for the image, ``UNLABELLED`` for the mask). The patch is
     cut from the raw image and normalised with the whole image's intensity range (computed
     once here), so it sees the same values as inference on the whole image.
     """
@@ -191,9 +191,9 @@ class PatchSampler:
         if pad_h or pad_w:
             channel_pad = ((0, 0),) * (raw.ndim - 2)
             raw = np.pad(raw, ((0, pad_h), (0, pad_w), *channel_pad), mode="symmetric")
-            mask = np.pad(mask, ((0, pad_h), (0, pad_w)), constant_values=IGNORE_INDEX)
+            mask = np.pad(mask, ((0, pad_h), (0, pad_w)), constant_values=UNLABELLED)
         height, width = mask.shape
-        labelled = np.flatnonzero(mask != IGNORE_INDEX)
+        labelled = np.flatnonzero(mask != UNLABELLED)
         y, x = divmod(int(labelled[rng.integers(labelled.size)]), width)
         top = int(rng.integers(max(0, y - ph + 1), min(y, height - ph) + 1))
         left = int(rng.integers(max(0, x - pw + 1), min(x, width - pw) + 1))
@@ -232,7 +232,7 @@ def augment_pair(
         max_dy, max_dx = height // SHIFT_FRACTION, width // SHIFT_FRACTION
         dy, dx = int(rng.integers(-max_dy, max_dy + 1)), int(rng.integers(-max_dx, max_dx + 1))
         shifted_image = np.zeros_like(image)
-        shifted_mask = np.full_like(mask, IGNORE_INDEX)
+        shifted_mask = np.full_like(mask, UNLABELLED)
         src_y, dst_y = _shift_slices(dy, height)
         src_x, dst_x = _shift_slices(dx, width)
         shifted_image[:, dst_y, dst_x] = image[:, src_y, src_x]
@@ -299,7 +299,7 @@ def validation_loss(
                 np.stack([normalise_image(image, config.in_channels) for image in batch])
             ).to(device)
             target = torch.from_numpy(np.stack(batch_masks).astype(np.int64)).to(device)
-            labelled = target != IGNORE_INDEX
+            labelled = target != UNLABELLED
             if not bool(labelled.any()):
                 continue
             logits = model(x)
@@ -308,7 +308,7 @@ def validation_loss(
                     logits,
                     target,
                     weight=class_weights,
-                    ignore_index=IGNORE_INDEX,
+                    ignore_index=UNLABELLED,
                     reduction="sum",
                 )
             )
@@ -401,7 +401,7 @@ def loss_class_weights(
     """
     if config.class_weights == "none":
         return None
-    if not val_masks or not any(bool((mask != IGNORE_INDEX).any()) for mask in val_masks):
+    if not val_masks or not any(bool((mask != UNLABELLED).any()) for mask in val_masks):
         logger.warning(
             "class_weights='val' but no labelled validation pixel: training without weights",
             extra={"reason": "no labelled val masks"},
@@ -542,7 +542,7 @@ def _train_step(
     patches = [data.sampler.sample(int(i), rng) for i in batch]
     x = torch.from_numpy(np.stack([p[0] for p in patches])).to(device)
     target = torch.from_numpy(np.stack([p[1] for p in patches])).to(device)
-    if not bool((target != IGNORE_INDEX).any()):
+    if not bool((target != UNLABELLED).any()):
         return None
     loss = segmentation_loss(model(x), target, data.class_weights)
     optimiser.zero_grad(set_to_none=True)
@@ -652,7 +652,7 @@ def _labelled_only(
     images: Sequence[np.ndarray], masks: Sequence[np.ndarray]
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The images (and masks) with at least one labelled pixel; raises when none has one."""
-    keep = [i for i, mask in enumerate(masks) if bool((mask != IGNORE_INDEX).any())]
+    keep = [i for i, mask in enumerate(masks) if bool((mask != UNLABELLED).any())]
     if not keep:
         raise ValueError("training masks have no labelled pixel (all 255); label something first")
     if len(keep) < len(images):

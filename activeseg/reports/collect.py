@@ -43,9 +43,9 @@ import numpy.typing as npt
 
 from activeseg.models.evaluation import PixelReservoir, calibration_stream, stream_image
 from activeseg.models.inference import Predictor
-from activeseg.models.preprocess import IGNORE_INDEX
 from activeseg.uncertainty import compute_measures, pool_mean
 from activeseg.uncertainty.calibration import CalibrationAccumulator, region_error_counts
+from activeseg.uncertainty.labels import UNLABELLED
 from activeseg.uncertainty.measures import ENTROPY, MEASURES
 
 __all__ = [
@@ -291,7 +291,7 @@ def collect_pixels(
                     f"mask {index} has shape {mask.shape}, its image {(height, width)}"
                 )
             flat_mask = mask.reshape(-1)
-            candidates = np.flatnonzero(flat_mask != IGNORE_INDEX)
+            candidates = np.flatnonzero(flat_mask != UNLABELLED)
         else:
             flat_mask = None
             candidates = np.arange(height * width)
@@ -418,7 +418,7 @@ def _add_regions(
             f"region map {index} has shape {region_labels.shape}, its image {mask.shape}"
         )
     n_regions = int(region_labels.max()) + 1 if region_labels.size else 0
-    labelled = mask != IGNORE_INDEX
+    labelled = mask != UNLABELLED
     truth = mask.astype(np.int64)
     mean = stack.mean(axis=0)  # [C, H, W]
     n_labelled, wrong, conf_sum = region_error_counts(

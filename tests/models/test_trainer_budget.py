@@ -16,7 +16,6 @@ from activeseg.models.checkpoint import build_members
 from activeseg.models.config import ModelConfig
 from activeseg.models.evaluation import evaluate, fit_temperature_on
 from activeseg.models.inference import Predictor
-from activeseg.models.preprocess import IGNORE_INDEX
 from activeseg.models.training import (
     Augmentation,
     augment_pair,
@@ -28,6 +27,7 @@ from activeseg.models.training import (
 )
 from activeseg.models.unet import UNet
 from activeseg.uncertainty.calibration import fit_temperature_mixture
+from activeseg.uncertainty.labels import UNLABELLED
 from tests.models.conftest import tiny_config
 
 Data = tuple[list[np.ndarray], list[np.ndarray]]
@@ -155,7 +155,7 @@ def test_each_augmentation_switch_changes_only_its_aspect(switch: str) -> None:
     changed = 0
     for _ in range(40):
         out_image, out_mask = augment_pair(image, mask, rng, only)
-        labelled = out_mask != IGNORE_INDEX
+        labelled = out_mask != UNLABELLED
         if switch == "intensity":
             assert np.array_equal(out_mask, mask)  # geometry untouched
             gain, offset = np.polyfit(image.ravel(), out_image.ravel(), 1)
@@ -225,7 +225,7 @@ def test_val_class_weights_come_from_the_val_masks_only(
     np.testing.assert_allclose(weights, class_weights_from_masks(masks[2:], 11, 0.5))
     assert loss_class_weights(tiny_config(), masks[2:]) is None
     with caplog.at_level(logging.WARNING, logger="activeseg.models.training"):
-        empty = [np.full_like(masks[0], IGNORE_INDEX)]
+        empty = [np.full_like(masks[0], UNLABELLED)]
         assert loss_class_weights(config, empty) is None
         assert loss_class_weights(config, None) is None
     assert "no labelled validation pixel" in caplog.text
@@ -238,8 +238,8 @@ def test_val_class_weights_do_not_depend_on_which_pixels_were_selected(
     config = tiny_config(class_weights="val", steps=2)
     # Two opposite selections of training pixels train with the same val-derived weights
     # (loss_class_weights never sees the training masks).
-    background_only = [np.where(m == 0, m, IGNORE_INDEX).astype(np.uint8) for m in masks[:2]]
-    digits_only = [np.where(m > 0, m, IGNORE_INDEX).astype(np.uint8) for m in masks[:2]]
+    background_only = [np.where(m == 0, m, UNLABELLED).astype(np.uint8) for m in masks[:2]]
+    digits_only = [np.where(m > 0, m, UNLABELLED).astype(np.uint8) for m in masks[:2]]
     for selection in (background_only, digits_only):
         result = train(config, images[:2], selection, images[2:], masks[2:])
         assert np.isfinite(result.history[-1]["train_loss"])
@@ -319,8 +319,8 @@ def test_ensemble_of_five_trains_serves_and_fits_the_served_temperature(
     for logits, mask in zip(
         predictor.predict_logits(images[2:], reduce="none"), masks[2:], strict=True
     ):
-        tables.append(logits[:, :, mask != IGNORE_INDEX].transpose(2, 0, 1))
-        labels.append(mask[mask != IGNORE_INDEX].astype(np.int64))
+        tables.append(logits[:, :, mask != UNLABELLED].transpose(2, 0, 1))
+        labels.append(mask[mask != UNLABELLED].astype(np.int64))
     expected = fit_temperature_mixture(np.concatenate(tables), np.concatenate(labels))
     assert temperature == pytest.approx(expected, rel=1e-6)
     predictor.temperature = temperature

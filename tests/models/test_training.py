@@ -8,7 +8,6 @@ from activeseg.models.checkpoint import build_members
 from activeseg.models.config import ModelConfig
 from activeseg.models.evaluation import evaluate
 from activeseg.models.inference import Predictor
-from activeseg.models.preprocess import IGNORE_INDEX
 from activeseg.models.training import (
     TrainProgress,
     augment_pair,
@@ -18,6 +17,7 @@ from activeseg.models.training import (
     validation_loss,
 )
 from activeseg.models.unet import UNet
+from activeseg.uncertainty.labels import UNLABELLED
 from tests.models.conftest import tiny_config
 
 Data = tuple[list[np.ndarray], list[np.ndarray]]
@@ -28,7 +28,7 @@ def sparse_masks(masks: list[np.ndarray], fraction: float, seed: int = 0) -> lis
     rng = np.random.default_rng(seed)
     out = []
     for mask in masks:
-        sparse = np.full_like(mask, IGNORE_INDEX)
+        sparse = np.full_like(mask, UNLABELLED)
         keep = rng.random(mask.shape) < fraction
         sparse[keep] = mask[keep]
         out.append(sparse)
@@ -83,7 +83,7 @@ def test_ignored_pixels_get_exactly_zero_gradient() -> None:
     logits = torch.randn(2, 3, 16, 16, requires_grad=True)
     target = torch.randint(0, 3, (2, 16, 16))
     labelled = torch.rand(2, 16, 16) < 0.05
-    target[~labelled] = IGNORE_INDEX
+    target[~labelled] = UNLABELLED
     weights = torch.tensor([0.5, 1.0, 2.0])
     for class_weights in (None, weights):
         logits.grad = None
@@ -98,18 +98,18 @@ def test_ignored_pixels_get_exactly_zero_gradient() -> None:
 def test_loss_ignores_whatever_the_network_says_at_unlabelled_pixels() -> None:
     torch.manual_seed(1)
     logits = torch.randn(1, 4, 8, 8)
-    target = torch.full((1, 8, 8), IGNORE_INDEX)
+    target = torch.full((1, 8, 8), UNLABELLED)
     target[0, 2, 3], target[0, 5, 5] = 1, 3
     changed = logits.clone()
-    changed[..., target[0] == IGNORE_INDEX] = torch.randn(4, 62) * 100
+    changed[..., target[0] == UNLABELLED] = torch.randn(4, 62) * 100
     assert torch.equal(segmentation_loss(logits, target), segmentation_loss(changed, target))
 
 
 def test_training_with_five_percent_of_pixels_labelled(digit_data: Data) -> None:
     images, masks = digit_data
     sparse = sparse_masks(masks, 0.05)
-    assert 0.03 < np.mean([(m != IGNORE_INDEX).mean() for m in sparse]) < 0.07
-    unlabelled = np.full_like(masks[0], IGNORE_INDEX)
+    assert 0.03 < np.mean([(m != UNLABELLED).mean() for m in sparse]) < 0.07
+    unlabelled = np.full_like(masks[0], UNLABELLED)
     config = tiny_config(steps=3, class_weights="val")
     result = train(config, [*images, images[0]], [*sparse, unlabelled], images[:1], masks[:1])
     assert all(np.isfinite(entry["train_loss"]) for entry in result.history)
@@ -121,7 +121,7 @@ def test_training_with_five_percent_of_pixels_labelled(digit_data: Data) -> None
 def test_all_unlabelled_is_refused(digit_data: Data) -> None:
     images, masks = digit_data
     with pytest.raises(ValueError, match="no labelled pixel"):
-        train(tiny_config(), images, [np.full_like(m, IGNORE_INDEX) for m in masks])
+        train(tiny_config(), images, [np.full_like(m, UNLABELLED) for m in masks])
     with pytest.raises(ValueError, match="class ids \\[11\\]"):
         train(tiny_config(), images[:1], [np.full_like(masks[0], 11)])
 
@@ -201,7 +201,7 @@ def test_augmentation_moves_image_and_mask_together() -> None:
     image = (mask[None].astype(np.float32) + 1.0) / 10.0
     for _ in range(30):
         out_image, out_mask = augment_pair(image, mask, rng)
-        labelled = out_mask != IGNORE_INDEX
+        labelled = out_mask != UNLABELLED
         # brightness jitter is affine: recover it from two labelled classes
         recovered = out_image[0][labelled]
         order = np.argsort(out_mask[labelled])
