@@ -13,9 +13,10 @@ after a warm-up, and ``--single`` leases by one lone client, on two paths:
 - ``raw SQL``: the lower bound. The lease query itself from psycopg (async, one connection per
   client): ``BEGIN; SELECT ... ORDER BY priority DESC, id DESC LIMIT 1 FOR UPDATE SKIP LOCKED;
   UPDATE ...; COMMIT``.
-- ``HTTP``: ``POST /projects/{id}/tasks/next`` as annotators see it (httpx, one client and
-  token per annotator) against ``uvicorn activeseg.api.main:app --workers 2`` in its own
-  process: authentication, the lease transaction and the lease payload (region map from the
+- ``HTTP``: ``POST /projects/{id}/tasks/next`` as annotators see it (one connection and
+  token per annotator; the lean client of :mod:`lean_http` unless ``--client httpx``)
+  against ``uvicorn activeseg.api.main:app --workers 2`` in its own process (rate limit
+  off): authentication, the lease transaction and the lease payload (region map from the
   blob store, region mask PNG, queue counts). Leased tasks are put back between the two.
 
 Then, in this process and one lease at a time, it splits a lease into its parts (auth, lease
@@ -48,6 +49,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psycopg
+from lean_http import CpuMeter, CpuShare, LeanClient
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -98,8 +100,10 @@ class Series:
     latencies: list[float] = field(default_factory=list)  # seconds, measured leases only
     wall: float = 0.0
     round_p99s: list[float] = field(default_factory=list)  # ms
+    cpu: list[CpuShare] = field(default_factory=list)  # HTTP runs: the CPU of each round
 
-    def add(self, latencies: list[float], wall: float) -> None:
+    def add(self, latencies: list[float], wall: float, cpu: CpuShare | None = None) -> None:
+        self.cpu += [cpu] if cpu is not None else []
         self.latencies += latencies
         self.wall += wall
         self.round_p99s.append(1000 * float(np.percentile(latencies, 99)))
@@ -288,35 +292,67 @@ async def run_raw(
 
 
 async def run_http(
-    env: Env, url: str, n_clients: int, warmup: int, n_leases: int
-) -> tuple[list[float], float]:
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    clients = [
-        httpx.AsyncClient(
-            base_url=url,
-            headers={"Authorization": f"Bearer {env.users[k % len(env.users)][1]}"},
-            timeout=60,
-            limits=limits,
-        )
-        for k in range(n_clients)
-    ]
+    env: Env, served: Served, n_clients: int, warmup: int, n_leases: int, client: str = "lean"
+) -> tuple[list[float], float, CpuShare]:
+    """``n_clients`` annotators leasing over HTTP, one connection and token each, with the
+    lean client (:mod:`lean_http`, the default) or httpx; also returns the CPU the measured
+    leases used."""
+    url = served.url
+    tokens = [env.users[k % len(env.users)][1] for k in range(n_clients)]
+    path = f"/projects/{env.pid}/tasks/next"
+    if client == "lean":
+        lean = [LeanClient(url, {"Authorization": f"Bearer {t}"}) for t in tokens]
+
+        async def post(k: int) -> tuple[int, bytes]:
+            return await lean[k].post(path)
+
+        async def close() -> None:
+            for c in lean:
+                await c.aclose()
+    else:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        clients = [
+            httpx.AsyncClient(
+                base_url=url, headers={"Authorization": f"Bearer {t}"}, timeout=60, limits=limits
+            )
+            for t in tokens
+        ]
+
+        async def post(k: int) -> tuple[int, bytes]:
+            r = await clients[k].post(path)
+            return r.status_code, r.content
+
+        async def close() -> None:
+            for c in clients:
+                await c.aclose()
 
     async def lease(k: int) -> bool:
-        r = await clients[k].post(f"/projects/{env.pid}/tasks/next")
-        if r.status_code not in (200, 204):
-            raise RuntimeError(f"lease: {r.status_code} {r.text[:300]}")
-        return r.status_code == 200
+        status, body = await post(k)
+        if status not in (200, 204):
+            raise RuntimeError(f"lease: {status} {body[:300]!r}")
+        return status == 200
 
     try:
         await drive(n_clients, warmup, lease)
-        return await drive(n_clients, n_leases, lease)
+        meter = CpuMeter(served.pid)
+        meter.start()
+        latencies, wall = await drive(n_clients, n_leases, lease)
+        return latencies, wall, meter.stop()
     finally:
-        for c in clients:
-            await c.aclose()
+        await close()
+
+
+@dataclass
+class Served:
+    url: str
+    pid: int  # uvicorn's main process; its workers are its children
 
 
 @contextmanager
-def server(env: Env, workers: int, app: str) -> Iterator[str]:
+def server(env: Env, workers: int, app: str) -> Iterator[Served]:
+    """``uvicorn app --workers N`` on a free port, started and stopped (by its process id).
+    The per-token rate limit is off: it would cap a client at 10 task requests per second,
+    and the benchmarks measure what the server can do, not what the limit lets through."""
     import socket
 
     with socket.socket() as sock:
@@ -331,6 +367,7 @@ def server(env: Env, workers: int, app: str) -> Iterator[str]:
         "ACTIVESEG_BROKER_URL": s.broker_url,
         "ACTIVESEG_STORAGE_URL": s.storage_url,
         "ACTIVESEG_LOG_LEVEL": "WARNING",
+        "ACTIVESEG_RATE_LIMIT_TASKS_PER_MINUTE": "0",
     }
     factory = ["--factory"] if app.endswith("()") else []  # "module:create_app()": a factory
     cmd = [
@@ -350,7 +387,7 @@ def server(env: Env, workers: int, app: str) -> Iterator[str]:
             except httpx.TransportError:
                 ok = 0
             time.sleep(0.1)
-        yield url
+        yield Served(url, proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -414,6 +451,12 @@ def main() -> None:
         "'activeseg.api.app:create_app()'), to compare a variant of the app",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all the sizes")
+    parser.add_argument(
+        "--client",
+        choices=("lean", "httpx"),
+        default="lean",
+        help="HTTP client of the load generator (lean_http: a fraction of httpx's CPU)",
+    )
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     runs = [(args.clients, args.warmup, args.leases), (1, 20, args.single)]
@@ -432,10 +475,10 @@ def main() -> None:
                 for clients, warmup, n in runs:
                     series[size, clients, "raw"].add(*asyncio.run(run_raw(env, clients, warmup, n)))
                 requeue(env)
-                with server(env, args.workers, args.app) as url:
+                with server(env, args.workers, args.app) as served:
                     for clients, warmup, n in runs:
-                        lat_wall = asyncio.run(run_http(env, url, clients, warmup, n))
-                        series[size, clients, "http"].add(*lat_wall)
+                        measured = run_http(env, served, clients, warmup, n, args.client)
+                        series[size, clients, "http"].add(*asyncio.run(measured))
                 low[size] = min(low.get(size, size + extra), queued(env))
                 if rnd == args.rounds - 1:
                     splits[size] = breakdown(env, args.breakdown)
@@ -451,8 +494,9 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}; {args.rounds} rounds of {args.leases} measured leases "
         f"after {args.warmup} warm-up ({args.single} after 20 for one client) per setting; "
-        f"uvicorn {args.app} --workers {args.workers}; server, PostgreSQL and load generator "
-        f"on one machine; {time.perf_counter() - started:.0f} s in all\n"
+        f"uvicorn {args.app} --workers {args.workers}, rate limit off; {args.client} HTTP "
+        f"client; server, PostgreSQL and load generator on one machine; "
+        f"{time.perf_counter() - started:.0f} s in all\n"
     )
     print(
         "| queued | clients | raw SQL p50 / p99 ms | raw leases/s | HTTP p50 / p99 ms "
@@ -475,6 +519,14 @@ def main() -> None:
                 f"{large.p50 / small.p50:.2f}x, p99 {large.p99 / small.p99:.2f}x "
                 "(target: within 1.5x)"
             )
+    print("\nCPU of the measured HTTP leases (all rounds; /proc, user + system):\n")
+    print("| queued | clients | CPU ms per lease | cores busy (machine) |")
+    print("| --- | ---: | --- | --- |")
+    for size in sizes:
+        for clients, _, _ in runs:
+            http = series[size, clients, "http"]
+            total = CpuShare.pooled(http.cpu)
+            print(f"| {size:,} | {clients} | {total.per(len(http.latencies))} | {total.cores()} |")
     worst = max(series[size, args.clients, "http"].p99 for size in sizes)
     print(f"\nHTTP p99 at {args.clients} clients: {worst:.0f} ms (target: under 50 ms)")
     print("\nOne lease at a time, in-process, median ms of its parts:\n")

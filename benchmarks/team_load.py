@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import platform
 import random
@@ -45,6 +46,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -54,6 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from lean_http import CpuMeter, CpuShare, LeanClient  # noqa: E402
 from lease_latency import REGIONS_PER_IMAGE, Env, fill_queue, server, setup  # noqa: E402
 
 from activeseg.core.tables import Project  # noqa: E402
@@ -77,29 +80,41 @@ async def annotator(
     rec: Record,
     think: tuple[float, float],
     span: tuple[float, float],
+    client: str,
 ) -> None:
     measured_from, end = span
     rng = random.Random(uid)
     headers = {"Authorization": f"Bearer {token}"}
-    # uvicorn closes a connection idle for 5 s; a think time is longer, so the client drops
-    # idle connections first (as browsers do) instead of sending into a closing one.
-    limits = httpx.Limits(keepalive_expiry=4.0)
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=limits) as c:
+    if client == "lean":
+        lean = LeanClient(url, headers)
+        post, close = lean.post, lean.aclose
+    else:
+        # uvicorn closes a connection idle for 5 s; a think time is longer, so the client
+        # drops idle connections first (as browsers do) instead of sending into a closing one.
+        limits = httpx.Limits(keepalive_expiry=4.0)
+        hx = httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=limits)
+
+        async def post(path: str, body: Any = None) -> tuple[int, bytes]:
+            r = await hx.post(path, json=body)
+            return r.status_code, r.content
+
+        close = hx.aclose
+    try:
         await asyncio.sleep(rng.uniform(0, think[1]))  # annotators do not start in step
         while time.monotonic() < end:
             t0 = time.perf_counter()
-            r = await c.post(f"/projects/{env.pid}/tasks/next")
+            status, body = await post(f"/projects/{env.pid}/tasks/next")
             if time.monotonic() >= measured_from:
                 rec.lease_s.append(time.perf_counter() - t0)
-            if r.status_code == 204:
+            if status == 204:
                 rec.empty += 1
                 await asyncio.sleep(rng.uniform(*think))
                 continue
-            if r.status_code != 200:
-                rec.errors.append(f"lease {r.status_code}: {r.text[:120]}")
+            if status != 200:
+                rec.errors.append(f"lease {status}: {body[:120]!r}")
                 await asyncio.sleep(1)
                 continue
-            task = r.json()["task"]
+            task = json.loads(body)["task"]
             tid, region = task["id"], task["regions"][0]
             if tid in rec.held:
                 rec.double.append((tid, rec.held[tid], uid))
@@ -107,11 +122,15 @@ async def annotator(
             await asyncio.sleep(rng.uniform(*think))
             rec.held.pop(tid, None)  # the hold ends as the answer is sent
             t0 = time.perf_counter()
-            r = await c.post(f"/tasks/{tid}/submit", json={"classes": {str(region): (tid * 7) % 3}})
+            status, body = await post(
+                f"/tasks/{tid}/submit", {"classes": {str(region): (tid * 7) % 3}}
+            )
             if time.monotonic() >= measured_from:
                 rec.submit_s.append(time.perf_counter() - t0)
-            if r.status_code != 201:
-                rec.errors.append(f"submit {r.status_code}: {r.text[:120]}")
+            if status != 201:
+                rec.errors.append(f"submit {status}: {body[:120]!r}")
+    finally:
+        await close()
 
 
 def percentiles(values: list[float]) -> str:
@@ -144,6 +163,12 @@ def main() -> None:
         "'activeseg.api.app:create_app()'), to compare a variant of the app",
     )
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument(
+        "--client",
+        choices=("lean", "httpx"),
+        default="lean",
+        help="HTTP client of the load generator (lean_http: a fraction of httpx's CPU)",
+    )
     args = parser.parse_args()
     think = tuple(float(x) for x in args.think.split(","))
     assert len(think) == 2 and 0 <= think[0] <= think[1]
@@ -160,16 +185,25 @@ def main() -> None:
         fill_queue(env, total, seed=16)
         set_up = time.perf_counter() - t0
         rec = Record()
-        with server(env, args.workers, args.app) as url:
+        with server(env, args.workers, args.app) as served:
             begin = time.monotonic()
             span = (begin + args.warmup, begin + args.warmup + args.duration)
+            meter = CpuMeter(served.pid)
+            cpu: list[CpuShare] = []
+
+            async def measure() -> None:  # the CPU of the measured span only
+                await asyncio.sleep(span[0] - time.monotonic())
+                meter.start()
+                await asyncio.sleep(span[1] - time.monotonic())
+                cpu.append(meter.stop())
 
             async def run() -> None:
                 await asyncio.gather(
+                    measure(),
                     *(
-                        annotator(url, env, uid, token, rec, think, span)  # type: ignore[arg-type]
+                        annotator(served.url, env, uid, token, rec, think, span, args.client)
                         for uid, token in env.users
-                    )
+                    ),
                 )
 
             asyncio.run(run())
@@ -189,7 +223,10 @@ def main() -> None:
             ).fetchone() or (0, 0, 0)
         env.db.dispose()
 
-    print(f"## Annotation team load ({platform.node()}, {args.workers} API workers, {args.app})\n")
+    print(
+        f"## Annotation team load ({platform.node()}, {args.workers} API workers, {args.app}, "
+        f"rate limit off, {args.client} HTTP client)\n"
+    )
     print(
         f"{args.annotators} annotators, think {think[0]:g}-{think[1]:g} s, overlap "
         f"{args.overlap}, {total:,} queued tasks at the start and {left:,} at the end, "
@@ -208,6 +245,8 @@ def main() -> None:
         f"{twice[0] if twice else '?'}; tasks over the overlap {over[0] if over else '?'}; "
         f"answers stored {answers}, tasks finished (consensus written) {finished}"
     )
+    loops = sum(1 for t in rec.submit_s)
+    print(f"\nCPU per loop (lease + submit): {cpu[0].per(loops)}; {cpu[0].cores()}")
     if rec.errors:
         print("\nfirst errors:", *rec.errors[:5], sep="\n- ")
 
