@@ -186,8 +186,7 @@ def _export_labelstudio(
     it without a token, and :func:`label_studio.resolve_image` still finds the image in it."""
     classes = list(project.classes)
     with db.session() as s:  # one key signs every task's link (made here on the first use)
-        key = links.signing_key(s)
-        s.expunge(key)
+        key = links.signing_key(s)  # detached: id and secret only
     config = label_studio.DEFAULT_CONFIG
     with db.session() as s:
         mv = s.get(ModelVersion, project.active_model_id) if project.active_model_id else None

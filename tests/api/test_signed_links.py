@@ -422,3 +422,34 @@ def test_labelstudio_export_links_open_and_resolve(
     assert exp % 86400 == 0 and time.time() + 2 * 86400 <= exp <= time.time() + 3 * 86400
     for bad in (0, 91):
         assert export(link_ttl_days=bad).status_code == 422
+
+
+def test_the_signing_key_is_kept_a_second_and_dropped_at_once_on_rotation(
+    stack: Stack, world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every lease signs links, so a process reads the newest key at most every
+    SIGNING_KEY_TTL_S; a key this process rotates or revokes is dropped at once."""
+    db = stack.db
+    monkeypatch.setattr(links, "SIGNING_KEY_TTL_S", 3600.0)
+    with db.session() as s:  # type: ignore[attr-defined]
+        links.signing_key(s)  # the first key is made here, and not kept (it could roll back)
+    with db.session() as s:  # type: ignore[attr-defined]
+        first = links.signing_key(s)  # read and kept
+    with db.session() as s:  # type: ignore[attr-defined]
+        behind = LinkKey(secret="ab" * 32)  # as another API process would make one
+        s.add(behind)
+        s.flush()
+        behind_id = behind.id
+    with db.session() as s:  # type: ignore[attr-defined]
+        assert links.signing_key(s).id == first.id  # kept: not read again
+    monkeypatch.setattr(links, "SIGNING_KEY_TTL_S", 0.0)
+    with db.session() as s:  # type: ignore[attr-defined]
+        assert links.signing_key(s) == links.SigningKey(behind_id, "ab" * 32)  # read again
+    monkeypatch.setattr(links, "SIGNING_KEY_TTL_S", 3600.0)
+    with db.session() as s:  # type: ignore[attr-defined]
+        rotated = links.rotate(s).id
+    with db.session() as s:  # type: ignore[attr-defined]
+        assert links.signing_key(s).id == rotated  # this process rotated: at once
+        links.revoke(s, rotated)
+    with db.session() as s:  # type: ignore[attr-defined]
+        assert links.signing_key(s).id == behind_id  # revoked here: at once

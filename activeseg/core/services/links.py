@@ -30,12 +30,15 @@ import hmac
 import math
 import re
 import secrets
+import threading
+import time
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from activeseg.core.errors import Forbidden, Invalid, NotFound, Unauthorized
@@ -112,16 +115,52 @@ def _newest_key(session: Session) -> LinkKey | None:
     return session.scalar(_NEWEST_KEY)
 
 
-def signing_key(session: Session) -> LinkKey:
-    """The newest unrevoked key; the first one is made here when there is none. Two
-    processes that race to make it each insert one and then both take the newest they see:
-    at worst two valid keys, never a failed request."""
-    key = _newest_key(session)
-    if key is None:
+@dataclass(frozen=True)
+class SigningKey:
+    """What signing needs of a :class:`LinkKey`, detached from any session."""
+
+    id: int
+    secret: str
+
+
+SIGNING_KEY_TTL_S = 1.0
+"""How long a process signs with the key it read before it reads the newest one again (every
+lease signs its links: the query was a tenth of a lease). A key rotated or revoked by this
+process is dropped at once; one rotated or revoked by another process within this time."""
+# Per engine (a test that makes a database again under the same URL gets a new engine).
+_signing_keys: weakref.WeakKeyDictionary[Engine, tuple[float, SigningKey]] = (
+    weakref.WeakKeyDictionary()
+)
+_signing_keys_lock = threading.Lock()
+
+
+def _forget_signing_key() -> None:
+    with _signing_keys_lock:
+        _signing_keys.clear()
+
+
+def signing_key(session: Session) -> SigningKey:
+    """The newest unrevoked key (read at most every :data:`SIGNING_KEY_TTL_S` per process and
+    database); the first one is made here when there is none. Two processes that race to make
+    it each insert one and then both take the newest they see: at worst two valid keys, never
+    a failed request."""
+    cache = session.get_bind().engine
+    now = time.monotonic()
+    with _signing_keys_lock:
+        hit = _signing_keys.get(cache)
+    if hit is not None and now - hit[0] <= SIGNING_KEY_TTL_S:
+        return hit[1]
+    row = _newest_key(session)
+    if row is None:
         session.add(LinkKey(secret=secrets.token_hex(32)))
         session.flush()
-        key = _newest_key(session)
-        assert key is not None
+        row = _newest_key(session)
+        assert row is not None
+        key = SigningKey(row.id, row.secret)  # not kept: the insert may yet roll back
+    else:
+        key = SigningKey(row.id, row.secret)
+        with _signing_keys_lock:
+            _signing_keys[cache] = (now, key)
     return key
 
 
@@ -131,6 +170,7 @@ def rotate(session: Session) -> LinkKey:
     key = LinkKey(secret=secrets.token_hex(32))
     session.add(key)
     session.flush()
+    _forget_signing_key()
     return key
 
 
@@ -143,6 +183,7 @@ def revoke(session: Session, key_id: int, now: datetime | None = None) -> LinkKe
         raise NotFound(f"link key {key_id} not found")
     if key.revoked_at is None:
         key.revoked_at = now or datetime.now(UTC)
+    _forget_signing_key()
     return key
 
 
@@ -175,7 +216,7 @@ def _pairs(params: Mapping[str, str] | Iterable[tuple[str, str]]) -> list[tuple[
 
 
 def sign_with(
-    key: LinkKey,
+    key: LinkKey | SigningKey,
     path: str,
     params: Mapping[str, str] | Iterable[tuple[str, str]],
     expires_at: datetime,
