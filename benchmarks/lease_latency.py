@@ -64,7 +64,7 @@ from activeseg.core.services.projects import create_project, project_settings  #
 from activeseg.core.services.regions import (  # noqa: E402
     compute_region_map,
     encode_region_map,
-    region_set,
+    task_region_map,
 )
 from activeseg.core.settings import Settings  # noqa: E402
 from activeseg.core.storage import open_store  # noqa: E402
@@ -394,31 +394,32 @@ def server(env: Env, workers: int, app: str) -> Iterator[Served]:
 
 
 def breakdown(env: Env, n: int) -> dict[str, float]:
-    """One lease at a time in this process, as the route does it: median ms of its parts, and
-    of the payload's region map (read again, on its own, after the lease)."""
+    """One lease at a time in this process, as ``POST /projects/{id}/tasks/next`` does it
+    (one transaction: the token with the project and membership, the lease statement, the
+    payload, the commit): median ms of each part, of the whole, and of the payload's region
+    map read again on its own (the query and the process's map cache)."""
     store = open_store(env.settings.storage_url)
     token = env.users[0][1]
-    names = ("auth", "lease transaction", "payload", "of which region map")
+    names = ("auth", "lease statement", "payload", "commit", "whole lease", "region map")
     parts: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(n):
         t0 = time.perf_counter()
         with env.db.session() as s:
-            user = auth.authenticate(s, token)
-        t1 = time.perf_counter()
-        with env.db.session() as s:
-            project = auth.get_project_for(s, user, env.pid)
+            user, project = auth.authenticate_for_project(s, token, env.pid)
+            t1 = time.perf_counter()
             task = tasks.lease_next(s, project, user, project_settings(project).lease_seconds)
             assert task is not None
-        t2 = time.perf_counter()
-        with env.db.session() as s:
+            t2 = time.perf_counter()
             _lease_payload(s, store, project, task).model_dump_json()
-        t3 = time.perf_counter()
-        with env.db.session() as s:
-            image = s.get(Image, task.image_id)
-            assert image is not None
-            region_set(s, store, image, task.region_kind, task.region_size)
+            t3 = time.perf_counter()
         t4 = time.perf_counter()
-        for name, dt in zip(names, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+        with env.db.session() as s:
+            task_region_map(
+                s, store, task.image_id, task.region_kind, task.region_size, task.region_sigma
+            )
+        t5 = time.perf_counter()
+        spans = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0, t5 - t4)
+        for name, dt in zip(names, spans, strict=True):
             parts[name].append(1000 * dt)
     return {name: statistics.median(v) for name, v in parts.items()}
 
