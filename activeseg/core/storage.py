@@ -90,6 +90,15 @@ def _valid_key(key: str) -> str:
     return key
 
 
+def _fsync_dir(folder: Path) -> None:
+    """Make the entries of ``folder`` durable (a new file's name, a new subfolder)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class LocalBlobStore:
     """Blobs in a local folder as ``root/ab/cd/abcd…``."""
 
@@ -113,6 +122,7 @@ class LocalBlobStore:
             except OSError:
                 # A read-only store: nothing can sweep it either, and the bytes are there.
                 return key
+        new_dirs = [d for d in (path.parent.parent, path.parent) if not d.is_dir()]
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
@@ -124,6 +134,11 @@ class LocalBlobStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        # The bytes are on disk; so must be their name (and any folder made for it) before the
+        # caller commits a row that names the key: a crash must not leave a row whose blob
+        # was never linked in.
+        for folder in [path.parent, *(d.parent for d in reversed(new_dirs))]:
+            _fsync_dir(folder)
         return key
 
     def get(self, key: str) -> bytes:

@@ -37,3 +37,36 @@ def test_no_temp_files_left_and_urls(tmp_path: Path) -> None:
     assert not [p for p in (tmp_path / "x").rglob(".tmp-*")]
     with pytest.raises(ValueError, match="unsupported"):
         open_store("ftp://host/x")
+
+
+def test_put_makes_the_bytes_and_their_name_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before put returns (and the caller commits a row naming the key): the file's bytes,
+    its name in its folder and any folder made for it are fsync'ed; a put of bytes already
+    stored syncs nothing."""
+    import os
+
+    import activeseg.core.storage as storage
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.path.realpath(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(storage.os, "fsync", fsync)
+    root = (tmp_path / "b").resolve()
+    store = LocalBlobStore(root)
+    key = store.put(b"first")
+    ab, abcd = root / key[:2], root / key[:2] / key[2:4]
+    assert len(synced) == 4 and Path(synced[0]).parent == abcd  # the bytes (a temp name)
+    assert synced[1:] == [str(abcd), str(ab), str(root)]  # then the name and new folders
+    synced.clear()
+    assert store.put(b"first") == key and synced == []
+    other = hashlib.sha256(b"second").hexdigest()
+    store._path(other).parent.parent.mkdir(parents=True)  # its first folder exists already
+    store.put(b"second")
+    parent = root / other[:2] / other[2:4]
+    assert synced[1:] == [str(parent), str(parent.parent)]
