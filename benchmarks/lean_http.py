@@ -14,6 +14,7 @@ PostgreSQL backends and this process kept busy, and the whole machine's busy sha
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -92,6 +93,50 @@ class LeanClient:
             with contextlib.suppress(OSError):
                 await self._writer.wait_closed()
         self._reader = self._writer = None
+
+
+class HttpxClient:
+    """The same calls as :class:`LeanClient` over httpx (the load generators' client before
+    it), one connection, for comparison runs."""
+
+    def __init__(
+        self,
+        url: str,
+        headers: dict[str, str],
+        timeout: float = 60.0,
+        keepalive_expiry: float = 4.0,
+    ) -> None:
+        import httpx
+
+        limits = httpx.Limits(max_connections=1, keepalive_expiry=keepalive_expiry)
+        self._client = httpx.AsyncClient(
+            base_url=url, headers=headers, timeout=timeout, limits=limits
+        )
+
+    async def post(self, path: str, body: Any = None) -> tuple[int, bytes]:
+        r = await self._client.post(path, json=body)
+        return r.status_code, r.content
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+CLIENTS = {"lean": LeanClient, "httpx": HttpxClient}
+
+
+def add_client_option(parser: argparse.ArgumentParser) -> None:
+    """``--client lean|httpx``, the load generator's HTTP client."""
+    parser.add_argument(
+        "--client",
+        choices=tuple(CLIENTS),
+        default="lean",
+        help="HTTP client of the load generator (lean_http: a fraction of httpx's CPU)",
+    )
+
+
+def open_client(kind: str, url: str, token: str) -> LeanClient | HttpxClient:
+    """A ``kind`` client (see :data:`CLIENTS`) to ``url`` that sends ``token``."""
+    return CLIENTS[kind](url, {"Authorization": f"Bearer {token}"})
 
 
 def _cpu_seconds(pid: int) -> float:

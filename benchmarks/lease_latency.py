@@ -49,7 +49,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psycopg
-from lean_http import CpuMeter, CpuShare, LeanClient
+from lean_http import CpuMeter, CpuShare, add_client_option, open_client
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -297,37 +297,12 @@ async def run_http(
     """``n_clients`` annotators leasing over HTTP, one connection and token each, with the
     lean client (:mod:`lean_http`, the default) or httpx; also returns the CPU the measured
     leases used."""
-    url = served.url
     tokens = [env.users[k % len(env.users)][1] for k in range(n_clients)]
     path = f"/projects/{env.pid}/tasks/next"
-    if client == "lean":
-        lean = [LeanClient(url, {"Authorization": f"Bearer {t}"}) for t in tokens]
-
-        async def post(k: int) -> tuple[int, bytes]:
-            return await lean[k].post(path)
-
-        async def close() -> None:
-            for c in lean:
-                await c.aclose()
-    else:
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        clients = [
-            httpx.AsyncClient(
-                base_url=url, headers={"Authorization": f"Bearer {t}"}, timeout=60, limits=limits
-            )
-            for t in tokens
-        ]
-
-        async def post(k: int) -> tuple[int, bytes]:
-            r = await clients[k].post(path)
-            return r.status_code, r.content
-
-        async def close() -> None:
-            for c in clients:
-                await c.aclose()
+    clients = [open_client(client, served.url, t) for t in tokens]
 
     async def lease(k: int) -> bool:
-        status, body = await post(k)
+        status, body = await clients[k].post(path)
         if status not in (200, 204):
             raise RuntimeError(f"lease: {status} {body[:300]!r}")
         return status == 200
@@ -339,7 +314,8 @@ async def run_http(
         latencies, wall = await drive(n_clients, n_leases, lease)
         return latencies, wall, meter.stop()
     finally:
-        await close()
+        for c in clients:
+            await c.aclose()
 
 
 @dataclass
@@ -452,12 +428,7 @@ def main() -> None:
         "'activeseg.api.app:create_app()'), to compare a variant of the app",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all the sizes")
-    parser.add_argument(
-        "--client",
-        choices=("lean", "httpx"),
-        default="lean",
-        help="HTTP client of the load generator (lean_http: a fraction of httpx's CPU)",
-    )
+    add_client_option(parser)
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     runs = [(args.clients, args.warmup, args.leases), (1, 20, args.single)]

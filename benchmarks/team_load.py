@@ -46,9 +46,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import httpx
 import numpy as np
 import psycopg
 
@@ -56,7 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from lean_http import CpuMeter, CpuShare, LeanClient  # noqa: E402
+from lean_http import CpuMeter, CpuShare, add_client_option, open_client  # noqa: E402
 from lease_latency import REGIONS_PER_IMAGE, Env, fill_queue, server, setup  # noqa: E402
 
 from activeseg.core.tables import Project  # noqa: E402
@@ -84,26 +82,12 @@ async def annotator(
 ) -> None:
     measured_from, end = span
     rng = random.Random(uid)
-    headers = {"Authorization": f"Bearer {token}"}
-    if client == "lean":
-        lean = LeanClient(url, headers)
-        post, close = lean.post, lean.aclose
-    else:
-        # uvicorn closes a connection idle for 5 s; a think time is longer, so the client
-        # drops idle connections first (as browsers do) instead of sending into a closing one.
-        limits = httpx.Limits(keepalive_expiry=4.0)
-        hx = httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=limits)
-
-        async def post(path: str, body: Any = None) -> tuple[int, bytes]:
-            r = await hx.post(path, json=body)
-            return r.status_code, r.content
-
-        close = hx.aclose
+    http = open_client(client, url, token)  # drops a connection idle for 4 s (uvicorn: 5)
     try:
         await asyncio.sleep(rng.uniform(0, think[1]))  # annotators do not start in step
         while time.monotonic() < end:
             t0 = time.perf_counter()
-            status, body = await post(f"/projects/{env.pid}/tasks/next")
+            status, body = await http.post(f"/projects/{env.pid}/tasks/next")
             if time.monotonic() >= measured_from:
                 rec.lease_s.append(time.perf_counter() - t0)
             if status == 204:
@@ -122,7 +106,7 @@ async def annotator(
             await asyncio.sleep(rng.uniform(*think))
             rec.held.pop(tid, None)  # the hold ends as the answer is sent
             t0 = time.perf_counter()
-            status, body = await post(
+            status, body = await http.post(
                 f"/tasks/{tid}/submit", {"classes": {str(region): (tid * 7) % 3}}
             )
             if time.monotonic() >= measured_from:
@@ -130,7 +114,7 @@ async def annotator(
             if status != 201:
                 rec.errors.append(f"submit {status}: {body[:120]!r}")
     finally:
-        await close()
+        await http.aclose()
 
 
 def percentiles(values: list[float]) -> str:
@@ -163,12 +147,7 @@ def main() -> None:
         "'activeseg.api.app:create_app()'), to compare a variant of the app",
     )
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    parser.add_argument(
-        "--client",
-        choices=("lean", "httpx"),
-        default="lean",
-        help="HTTP client of the load generator (lean_http: a fraction of httpx's CPU)",
-    )
+    add_client_option(parser)
     args = parser.parse_args()
     think = tuple(float(x) for x in args.think.split(","))
     assert len(think) == 2 and 0 <= think[0] <= think[1]
@@ -245,8 +224,7 @@ def main() -> None:
         f"{twice[0] if twice else '?'}; tasks over the overlap {over[0] if over else '?'}; "
         f"answers stored {answers}, tasks finished (consensus written) {finished}"
     )
-    loops = sum(1 for t in rec.submit_s)
-    print(f"\nCPU per loop (lease + submit): {cpu[0].per(loops)}; {cpu[0].cores()}")
+    print(f"\nCPU per loop (lease + submit): {cpu[0].per(len(rec.submit_s))}; {cpu[0].cores()}")
     if rec.errors:
         print("\nfirst errors:", *rec.errors[:5], sep="\n- ")
 
