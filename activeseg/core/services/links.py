@@ -151,14 +151,14 @@ def signing_key(session: Session) -> SigningKey:
     if hit is not None and now - hit[0] <= SIGNING_KEY_TTL_S:
         return hit[1]
     row = _newest_key(session)
-    if row is None:
+    made = row is None
+    if made:
         session.add(LinkKey(secret=secrets.token_hex(32)))
         session.flush()
         row = _newest_key(session)
-        assert row is not None
-        key = SigningKey(row.id, row.secret)  # not kept: the insert may yet roll back
-    else:
-        key = SigningKey(row.id, row.secret)
+    assert row is not None
+    key = SigningKey(row.id, row.secret)
+    if not made:  # a key made here is not kept: its insert may yet roll back
         with _signing_keys_lock:
             _signing_keys[cache] = (now, key)
     return key
