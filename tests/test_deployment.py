@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from activeseg.core.settings import Settings
 from activeseg.core.storage import S3BlobStore, open_store
 from tests.conftest import Stack
 
@@ -55,6 +56,11 @@ def test_compose_scales_out() -> None:
     assert "container_name" not in worker and "ports" not in worker
     workers = api["command"][api["command"].index("--workers") + 1]
     assert int(workers) > 1
+    # PostgreSQL takes every API process's pool and overflow, and as many again for workers.
+    defaults = Settings()
+    postgres = services["postgres"]["command"]
+    max_connections = int(next(a for a in postgres if a.startswith("max_connections="))[16:])
+    assert max_connections >= 2 * int(workers) * (defaults.db_pool_size + defaults.db_max_overflow)
     # Several API processes need prometheus_client's multiprocess folder, empty on each start.
     assert api["environment"]["PROMETHEUS_MULTIPROC_DIR"] in api["tmpfs"]
     urls = {name: services[name]["environment"]["ACTIVESEG_STORAGE_URL"] for name in services

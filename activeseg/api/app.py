@@ -31,6 +31,7 @@ from activeseg.api.routes import (
     users,
     webhooks,
 )
+from activeseg.api.threads import RequestThreads
 from activeseg.core.db import Database
 from activeseg.core.settings import Settings, get_settings
 from activeseg.core.storage import open_store
@@ -95,4 +96,6 @@ def create_app(
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     install_rate_limits(app, settings)
     install_metrics(app, app.state.db)
+    # No more requests at once than the database pool holds (activeseg.api.threads).
+    app.add_middleware(RequestThreads, threads=settings.db_pool_size)
     return app

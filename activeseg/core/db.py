@@ -35,10 +35,12 @@ def _is_read_only(conn: Any) -> bool:
     return bool(conn.get_execution_options().get(READ_ONLY))
 
 
-def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
+def _sqlite_engine(url: str, pool_size: int, max_overflow: int, **kwargs: Any) -> Engine:
     path = make_url(url).database
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # A file database has a queue pool, as PostgreSQL (an in-memory one, one connection).
+        kwargs = {"pool_size": pool_size, "max_overflow": max_overflow, **kwargs}
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
@@ -73,11 +75,17 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
     return engine
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, pool_size: int = 20, max_overflow: int = 10, **kwargs: Any) -> Engine:
+    """The process's engine. On PostgreSQL it keeps ``pool_size`` connections open and opens
+    at most ``max_overflow`` more (each closed again on its return: a backend started and
+    ended per use, which is why the API runs no more requests at once than the pool holds).
+    A SQLite file database gets the same pool sizes."""
     if url.startswith("sqlite"):
-        return _sqlite_engine(url, **kwargs)
+        return _sqlite_engine(url, pool_size, max_overflow, **kwargs)
     # pool_pre_ping: a restarted PostgreSQL costs one failed ping, not a failed request.
-    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+    engine = create_engine(
+        url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow, **kwargs
+    )
 
     @event.listens_for(engine, "begin")
     def _read_only_begin(conn: Any) -> None:
@@ -92,7 +100,9 @@ class Database:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine = make_engine(settings.database_url)
+        self.engine = make_engine(
+            settings.database_url, settings.db_pool_size, settings.db_max_overflow
+        )
         # Same pool and events, with the read-only mark on every connection it hands out.
         self.read_engine = self.engine.execution_options(**{READ_ONLY: True})
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)

@@ -58,6 +58,14 @@ class Settings(BaseSettings):
     # folder through at full speed and still holds a runaway script to 100 files/s.
     rate_limit_tasks_per_minute: int = Field(default=600, ge=0)
     rate_limit_uploads_per_minute: int = Field(default=6000, ge=0)
+    # PostgreSQL connections each process keeps open (its pool), and how many more it may open
+    # for a burst (closed again when returned). An API process also runs at most
+    # db_pool_size requests at once (the rest wait for a thread): a request beyond the pool
+    # would otherwise open, and close, a connection of its own, a new PostgreSQL backend each
+    # time (issue 17: that churn cost a third of the annotator loop's throughput). Size
+    # PostgreSQL's max_connections for (API processes + workers) x (pool + overflow).
+    db_pool_size: int = Field(default=20, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = None
     # Seconds of on-demand prediction one Label Studio /predict request may spend on images
