@@ -91,6 +91,7 @@ class Env:
     pid: int
     users: list[tuple[int, str]]  # (user id, token)
     images: list[int]
+    region_map_key: str  # every image's map (grid maps depend on the size only)
 
 
 @dataclass
@@ -195,19 +196,20 @@ def setup(admin_dsn: str, dbname: str, data_dir: Path, n_users: int, n_images: i
             for im in images
         )
         pid, image_ids = project.id, [im.id for im in images]
-    return Env(dsn, settings, db, pid, users, image_ids)
+    return Env(dsn, settings, db, pid, users, image_ids, region_key)
 
 
 def fill_queue(env: Env, n_tasks: int, seed: int) -> None:
-    """Replace every task by ``n_tasks`` queued ones (random priorities), then VACUUM ANALYZE."""
+    """Replace every task by ``n_tasks`` queued ones (random priorities, their region map named
+    as build_queue names it), then VACUUM ANALYZE."""
     if n_tasks > len(env.images) * REGIONS_PER_IMAGE:
         raise SystemExit(f"{n_tasks} tasks need more than {len(env.images)} images")
     rng = np.random.default_rng(seed)
     priorities = rng.random(n_tasks)
     now = datetime.now(UTC)
     cols = (
-        "project_id, image_id, regions, region_key, region_kind, region_size, measure, "
-        "priority, state, lease_count, created_at"
+        "project_id, image_id, regions, region_key, region_kind, region_size, region_map_key, "
+        "measure, priority, state, lease_count, created_at"
     )
     with psycopg.connect(env.dsn) as conn:
         conn.execute("TRUNCATE tasks CASCADE")
@@ -215,8 +217,8 @@ def fill_queue(env: Env, n_tasks: int, seed: int) -> None:
             for k in range(n_tasks):
                 image, region = env.images[k // REGIONS_PER_IMAGE], k % REGIONS_PER_IMAGE
                 copy.write_row(
-                    (env.pid, image, f"[{region}]", str(region), "grid", TILE, "entropy",
-                     float(priorities[k]), "queued", 0, now)
+                    (env.pid, image, f"[{region}]", str(region), "grid", TILE,
+                     env.region_map_key, "entropy", float(priorities[k]), "queued", 0, now)
                 )  # fmt: skip
     vacuum(env)
 
@@ -373,7 +375,7 @@ def breakdown(env: Env, n: int) -> dict[str, float]:
     """One lease at a time in this process, as ``POST /projects/{id}/tasks/next`` does it
     (one transaction: the token with the project and membership, the lease statement, the
     payload, the commit): median ms of each part, of the whole, and of the payload's region
-    map read again on its own (the query and the process's map cache)."""
+    map read again on its own (the task names its blob: the process's map cache, no query)."""
     store = open_store(env.settings.storage_url)
     token = env.users[0][1]
     names = ("auth", "lease statement", "payload", "commit", "whole lease", "region map")
@@ -390,9 +392,7 @@ def breakdown(env: Env, n: int) -> dict[str, float]:
             t3 = time.perf_counter()
         t4 = time.perf_counter()
         with env.db.session() as s:
-            task_region_map(
-                s, store, task.image_id, task.region_kind, task.region_size, task.region_sigma
-            )
+            task_region_map(s, store, task)
         t5 = time.perf_counter()
         spans = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0, t5 - t4)
         for name, dt in zip(names, spans, strict=True):

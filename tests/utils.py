@@ -6,6 +6,7 @@ import io
 import itertools
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -159,3 +160,21 @@ def untrained_version(
         if activate:
             s.get(Project, project_id).active_model_id = mv.id
         return int(mv.id)
+
+
+@contextmanager
+def sql_statements(stack: Any) -> Iterator[list[str]]:
+    """The SQL the stack's engine sends meanwhile (its server runs in this process)."""
+    from sqlalchemy import event
+
+    seen: list[str] = []
+
+    def note(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        seen.append(sql)
+
+    engine = stack.db.engine
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", note)

@@ -405,6 +405,10 @@ class Task(Base):
     region_kind: Mapped[str] = mapped_column(String(20))
     region_size: Mapped[int] = mapped_column(Integer)
     region_sigma: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    # The blob key of the task's region map (its region_sets row), copied when the round is
+    # written: the lease and the submit read the map without looking the row up. NULL for a
+    # task queued before migration 0008 or whose map was not stored yet (they look it up).
+    region_map_key: Mapped[str | None] = mapped_column(String(200))
     model_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("model_versions.id", ondelete="SET NULL")
     )

@@ -68,13 +68,11 @@ def lease_view(
     """The view of ``task`` (leased in ``project``) whose image links live ``link_ttl_s``:
     an ``<img>`` or a labelling tool opens them without the token.
 
-    Reads: the image's size and stored region map key (one query) and the signing key (at
-    most every few seconds); the region map comes from the in-process cache of decoded maps
-    (:data:`activeseg.core.services.regions.REGION_MAPS`) and the proposals from the task
-    row."""
-    width, height, regions = task_region_map(
-        session, store, task.image_id, task.region_kind, task.region_size, task.region_sigma
-    )
+    Reads: the signing key (at most every second) and, for a task without its region map's
+    key, the image's size and that key (one query); the region map comes from the in-process
+    cache of decoded maps (:data:`activeseg.core.services.regions.REGION_MAPS`) and the
+    proposals from the task row."""
+    width, height, regions = task_region_map(session, store, task)
     y0, x0, y1, x1 = tasks.task_bbox(regions, task.regions)
     inside = np.isin(regions.labels[y0:y1, x0:x1], task.regions).astype(np.uint8)
     scored = task.model_version_id is not None and project.active_model_id is not None

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, select, update
 
 from activeseg.core.db import Database
 from activeseg.core.services.tasks import mark_stale
-from activeseg.core.tables import Image, Round, Split, Task
+from activeseg.core.tables import Image, RegionSet, Round, Split, Task
 
 Pick = tuple[int, int, int]
 """(image id, region, proposed class; -1 without a model) of one queued region."""
@@ -55,6 +55,25 @@ class RoundDraft:
         ]
 
 
+# Each task of a round names its region map's blob (the row build_queue made or found): the
+# lease and the submit then read the map without looking the row up. One statement, in the
+# round's transaction; a task whose map is not stored keeps NULL and looks it up.
+_NAME_REGION_MAPS = (
+    update(Task)
+    .where(Task.round_id == bindparam("rid"))
+    .values(
+        region_map_key=select(RegionSet.blob_key)
+        .where(
+            RegionSet.image_id == Task.image_id,
+            RegionSet.kind == Task.region_kind,
+            RegionSet.size == Task.region_size,
+            RegionSet.sigma == Task.region_sigma,
+        )
+        .scalar_subquery()
+    )
+)
+
+
 def commit_round(db: Database, draft: RoundDraft) -> int:
     """Write the round and its tasks in one transaction (rows built before it opens), after
     marking the queued tasks of other versions stale; the number marked stale. The round row
@@ -84,4 +103,5 @@ def commit_round(db: Database, draft: RoundDraft) -> int:
         s.flush()
         if task_rows:
             s.execute(insert(Task), [{**row, "round_id": rnd.id} for row in task_rows])
+            s.execute(_NAME_REGION_MAPS, {"rid": rnd.id})
     return stale

@@ -17,7 +17,7 @@ from activeseg.core.db import Database
 from activeseg.core.errors import NotFound
 from activeseg.core.imaging import decode_image, display_image
 from activeseg.core.storage import BlobStore
-from activeseg.core.tables import Image, RegionSet
+from activeseg.core.tables import Image, RegionSet, Task
 from activeseg.uncertainty.regions import (
     RegionMap,
     expected_region_count,
@@ -191,13 +191,18 @@ _SIZE_AND_MAP = (
 )
 
 
-def task_region_map(
-    session: Session, store: BlobStore, image_id: int, kind: str, size: int, sigma: float = 0.0
-) -> tuple[int, int, RegionMap]:
-    """(width, height, region map) of an image for a request: one query when the map is
-    stored (always, for tasks build_queue made), and the decoded map from the process's cache;
-    otherwise as :func:`region_set` (computed and stored inside the caller's transaction)."""
-    sigma = region_sigma(kind, sigma)
+def task_region_map(session: Session, store: BlobStore, task: Task) -> tuple[int, int, RegionMap]:
+    """(width, height, region map) of a task's image for a request. A task written by
+    build_queue names its map's blob (``region_map_key``): no query, the decoded map from the
+    process's cache, the image's size from the map's shape. Otherwise one query finds the
+    stored map, or the map is made as :func:`region_set` does (computed and stored inside the
+    caller's transaction: tasks made outside build_queue only)."""
+    if task.region_map_key is not None:
+        regions = REGION_MAPS.get(store, task.region_map_key)
+        height, width = regions.labels.shape
+        return width, height, regions
+    image_id, kind, size = task.image_id, task.region_kind, task.region_size
+    sigma = region_sigma(kind, task.region_sigma)
     found = session.execute(
         _SIZE_AND_MAP, {"image_id": image_id, "kind": kind, "size": size, "sigma": sigma}
     ).one_or_none()

@@ -352,9 +352,7 @@ def submit(
         width, height = locked.image.width, locked.image.height
     else:
         width, height = 0, 0  # read with the region map
-    w, h, regions = task_region_map(
-        session, store, task.image_id, task.region_kind, task.region_size, task.region_sigma
-    )
+    w, h, regions = task_region_map(session, store, task)
     answer = read_answer(task, regions, len(project.classes), sub)
     if done is not None:
         _same_answer_or_refuse(store, task, done, answer)
@@ -401,9 +399,7 @@ def _submit_overlapping(
     # The task row is locked (the caller's query): answers to one task are made one at a
     # time. The image row is locked only by the answer that writes the consensus into the
     # mask (overlap.add_answer), as every writer of an image's labels does.
-    _, _, regions = task_region_map(
-        session, store, task.image_id, task.region_kind, task.region_size, task.region_sigma
-    )
+    _, _, regions = task_region_map(session, store, task)
     answer = read_answer(task, regions, len(project.classes), sub)
     done = overlap.already_answered(session, task, user)
     if done is not None:  # a retry of the same answer, or a second answer (refused)
