@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select, update
 
-from activeseg.core.tables import LabelRevision, Task
+from activeseg.core.tables import LabelRevision, Project, Task
 from tests.conftest import Stack
 from tests.utils import (
     build_queue_inline,
@@ -21,6 +21,7 @@ from tests.utils import (
     make_project,
     make_user,
     png_bytes,
+    sql_statements,
     upload,
 )
 
@@ -301,3 +302,37 @@ def test_auto_retrain_fires_once_per_threshold(stack: Stack, queued, admin) -> N
             assert len(retrains()) == expected, n
     assert retrains()[0]["params"] == {"trigger": "auto"}
     assert admin.get(f"/projects/{pid}").json()["settings"]["auto_retrain_every"] == 2
+
+
+def test_labels_count_toward_auto_retrain_only_from_when_it_is_on(
+    stack: Stack, queued, admin
+) -> None:  # type: ignore[no-untyped-def]
+    """Off, a submit leaves the project row alone (every submit of the project would queue on
+    its lock); turned on, the count starts at zero."""
+    pid = queued["pid"]
+
+    def retrains() -> int:
+        jobs = admin.get(f"/projects/{pid}/jobs").json()["data"]
+        return len([j for j in jobs if j["kind"] == "retrain"])
+
+    with stack.client(queued["ann"][0]) as c:
+
+        def label_one() -> None:
+            lease = c.post(f"/projects/{pid}/tasks/next").json()
+            region = str(lease["task"]["regions"][0])
+            r = c.post(f"/tasks/{lease['task']['id']}/submit", json={"classes": {region: 1}})
+            assert r.status_code == 201, r.text
+
+        with sql_statements(stack) as sql:
+            label_one()
+        assert [q for q in sql if q.startswith("INSERT INTO label_revisions")]
+        assert not [q for q in sql if "projects SET" in q]
+        label_one()
+        patch = {"settings": {"auto_retrain_every": 2}}
+        assert admin.patch(f"/projects/{pid}", json=patch).is_success
+        label_one()
+        with stack.db.session() as s:  # type: ignore[attr-defined]
+            assert s.get(Project, pid).labels_since_retrain == 1  # the two before are not
+        assert retrains() == 0
+        label_one()
+        assert retrains() == 1

@@ -19,10 +19,15 @@ _COUNT_LABEL = (
 )
 
 
-def count_labels(session: Session, project_id: int) -> None:
+def count_labels(session: Session, project: Project) -> None:
     """One more labelled task toward ``auto_retrain_every`` (the counter
-    :func:`maybe_request_retrain` reads), in the transaction that stored it."""
-    session.execute(_COUNT_LABEL, {"project_id": project_id})
+    :func:`maybe_request_retrain` reads), in the transaction that stored it. Only while the
+    project retrains by itself: the counter is one row per project, and its update holds that
+    row until the commit, so every submit of the project would otherwise queue on it for
+    nothing (BENCHMARKS.md, issue 17). Turning the setting on starts the count at zero
+    (:func:`activeseg.core.services.projects.update_project`)."""
+    if project_settings(project).auto_retrain_every is not None:
+        session.execute(_COUNT_LABEL, {"project_id": project.id})
 
 
 def maybe_request_retrain(session: Session, project: Project) -> Job | None:

@@ -231,7 +231,7 @@ def add_answer(
         task_id=task.id,
     )
     task.state = TaskState.submitted.value
-    count_labels(session, project.id)
+    count_labels(session, project)
     return Answered(row, True, revision)
 
 

@@ -89,10 +89,14 @@ def update_project(
     if settings_patch:
         if not isinstance(settings_patch.get("model") or {}, dict):
             raise Invalid('settings.model must be an object of model settings, e.g. {"steps": 300}')
+        was_counting = project_settings(project).auto_retrain_every is not None
         try:
             project.settings = merge_settings(project.settings, settings_patch).model_dump()
         except ValidationError as exc:
             raise Invalid(_first_error(exc)) from None
+        if not was_counting and project_settings(project).auto_retrain_every is not None:
+            # Labels are counted only while auto-retrain is on: it counts from now.
+            project.labels_since_retrain = 0
     return project
 
 

@@ -204,7 +204,7 @@ def _write(
         author_id=reviewer.id,
         task_id=task.id,
     )
-    count_labels(session, project.id)
+    count_labels(session, project)
     return revision
 
 

@@ -381,7 +381,7 @@ def submit(
             task_id=task.id,
             idempotency_key=key,
         )  # flushes the revision, the image and the task
-    count_labels(session, project.id)
+    count_labels(session, project)
     return rev, True
 
 
