@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Select, and_, bindparam, select
+from sqlalchemy import Select, Table, and_, bindparam, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from activeseg.core.errors import NotFound
 from activeseg.core.imaging import decode_index, decode_mask, encode_png
@@ -21,20 +22,35 @@ def unlabelled_mask(image: Image) -> np.ndarray:
     return np.full((image.height, image.width), UNLABELLED, dtype=np.uint8)
 
 
-# Built once: the image row locked and read afresh, with the blob key of its current mask.
-_LOCKED_IMAGE = (
+# Built once: the image row read afresh, with the blob key of its current mask; locked below.
+_IMAGE_AND_MASK = (
     select(Image, LabelRevision.blob_key)
     .outerjoin(
         LabelRevision,
         and_(LabelRevision.image_id == Image.id, LabelRevision.revision == Image.current_revision),
     )
     .where(Image.id == bindparam("image_id"))
+    .execution_options(populate_existing=True)
+)
+_LOCKED_IMAGE = (
+    _IMAGE_AND_MASK
     # FOR NO KEY UPDATE: writers of the mask queue on each other, but not on the rows that
     # merely reference the image (a region map or revision being inserted holds KEY SHARE on
     # it). FOR UPDATE would conflict with those: two answers that each inserted a row
     # referencing the image and then asked for the lock would deadlock.
     .with_for_update(of=Image, key_share=True)
-    .execution_options(populate_existing=True)
+)
+_images: Table = Image.__table__  # type: ignore[assignment]
+# The image's next revision, if it is still at the one the new mask was made from: the UPDATE
+# takes the row lock (waiting for a writer that holds it) and re-checks the revision after.
+_ADVANCE = (
+    update(_images)
+    .where(_images.c.id == bindparam("b_id"), _images.c.current_revision == bindparam("b_seen"))
+    .values(
+        current_revision=bindparam("b_revision"),
+        labelled_pixels=bindparam("b_pixels"),
+        labelled_fraction=bindparam("b_fraction"),
+    )
 )
 
 
@@ -170,9 +186,28 @@ def _store_revision(
     """``mask`` as the next revision of ``locked`` (held by :func:`lock_image`)."""
     labelled = int(np.count_nonzero(mask != UNLABELLED))
     key = store.put(encode_png(mask))
-    rev = LabelRevision(
-        image_id=locked.id,
-        revision=locked.current_revision + 1,
+    rev = _revision_row(locked, key, labelled, source, author_id, task_id, idempotency_key)
+    session.add(rev)
+    locked.current_revision = rev.revision
+    locked.labelled_pixels = labelled
+    locked.labelled_fraction = labelled / float(locked.width * locked.height)
+    session.flush()
+    return rev
+
+
+def _revision_row(
+    image: Image,
+    key: str,
+    labelled: int,
+    source: str,
+    author_id: int | None,
+    task_id: int | None,
+    idempotency_key: str | None,
+) -> LabelRevision:
+    """The row of ``image``'s next revision, its mask stored as ``key``."""
+    return LabelRevision(
+        image_id=image.id,
+        revision=image.current_revision + 1,
         blob_key=key,
         labelled_pixels=labelled,
         source=source,
@@ -180,12 +215,6 @@ def _store_revision(
         task_id=task_id,
         idempotency_key=idempotency_key,
     )
-    session.add(rev)
-    locked.current_revision = rev.revision
-    locked.labelled_pixels = labelled
-    locked.labelled_fraction = labelled / float(locked.width * locked.height)
-    session.flush()
-    return rev
 
 
 def save_window(
@@ -222,6 +251,58 @@ def save_window(
         task_id=task_id,
         idempotency_key=idempotency_key,
     )
+
+
+def save_window_unlocked(
+    session: Session,
+    store: BlobStore,
+    image_id: int,
+    bbox: tuple[int, int, int, int],
+    where: np.ndarray,
+    window: np.ndarray,
+    *,
+    source: str,
+    author_id: int | None,
+    task_id: int | None = None,
+    idempotency_key: str | None = None,
+) -> LabelRevision:
+    """:func:`save_window` without holding the image's row lock while the mask is read,
+    changed, encoded and stored (an fsync'ed blob: milliseconds that every other answer to the
+    image waited through). The new mask is made from the revision read without the lock; one
+    conditional UPDATE then takes the lock and advances the image only if it is still at that
+    revision. If another writer got there first, the answer is made again under the lock from
+    the revision that writer left (:func:`save_window`); the first blob is an orphan for the
+    sweep. Either way the revision holds exactly one writer's change on top of the other's."""
+    row = session.execute(_IMAGE_AND_MASK, {"image_id": image_id}).one_or_none()
+    if row is None:
+        raise NotFound(f"image {image_id} not found")
+    image, mask_key = row
+    mask = read_mask(store, image, mask_key).copy()
+    y0, x0, y1, x1 = bbox
+    mask[y0:y1, x0:x1][where] = window[where]
+    labelled = int(np.count_nonzero(mask != UNLABELLED))
+    key = store.put(encode_png(mask))
+    seen = image.current_revision
+    fraction = labelled / float(image.width * image.height)
+    won = session.execute(
+        _ADVANCE,
+        {"b_id": image_id, "b_seen": seen, "b_revision": seen + 1, "b_pixels": labelled,
+         "b_fraction": fraction},
+    ).rowcount  # type: ignore[attr-defined]  # fmt: skip
+    if not won:
+        locked = lock_image_and_mask(session, image_id)
+        return save_window(
+            session, store, locked, bbox, where, window, source=source, author_id=author_id,
+            task_id=task_id, idempotency_key=idempotency_key,
+        )  # fmt: skip
+    rev = _revision_row(image, key, labelled, source, author_id, task_id, idempotency_key)
+    # What the UPDATE wrote, as the row's loaded state: nothing is left to flush for it.
+    set_committed_value(image, "current_revision", seen + 1)
+    set_committed_value(image, "labelled_pixels", labelled)
+    set_committed_value(image, "labelled_fraction", fraction)
+    session.add(rev)
+    session.flush()
+    return rev
 
 
 def put_mask_png(

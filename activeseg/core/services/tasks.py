@@ -344,21 +344,13 @@ def submit(
     )
     if done is None:
         _may_submit(task, user)
-        # Lock the image row (and re-read it) *before* reading its current mask: two answers
-        # for regions of one image are read-modify-writes of the same mask, so the second
-        # must start from the first one's revision, not from a stale one (a lost update, or a
-        # duplicate revision number). A repeated request writes nothing.
-        locked = labels.lock_image_and_mask(session, task.image_id)
-        width, height = locked.image.width, locked.image.height
-    else:
-        width, height = 0, 0  # read with the region map
-    w, h, regions = task_region_map(session, store, task)
+    width, height, regions = task_region_map(session, store, task)
     answer = read_answer(task, regions, len(project.classes), sub)
-    if done is not None:
+    if done is not None:  # a repeated request writes nothing
         _same_answer_or_refuse(store, task, done, answer)
         return done, False
     y0, x0, y1, x1 = answer.bbox
-    prediction = _queuing_prediction(session, store, task, (height or h, width or w))
+    prediction = _queuing_prediction(session, store, task, (height, width))
     with session.no_autoflush:  # one flush, at commit: the task's row is written once
         task.answered_pixels, task.model_wrong_pixels = answer_errors(
             answer.window, None if prediction is None else prediction[y0:y1, x0:x1]
@@ -369,10 +361,14 @@ def submit(
         task.submitted_at = _now()
         task.submitted_by = user.id
         task.lease_expires_at = None
-        rev = labels.save_window(
+        # Two answers for regions of one image are read-modify-writes of the same mask: the
+        # second must start from the first one's revision (no lost update, no duplicate
+        # revision number). The mask is made and stored before the image's row lock is
+        # taken, and made again under it only if another answer came first.
+        rev = labels.save_window_unlocked(
             session,
             store,
-            locked,
+            task.image_id,
             answer.bbox,
             answer.inside,
             answer.window,
