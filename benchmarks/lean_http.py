@@ -185,6 +185,9 @@ class CpuShare:
     postgres: float
     generator: float
     machine: float  # busy share of all cores, 0..1
+    # Cores kept busy by each of the server's worker processes, busiest first: one Python
+    # process uses about one core at most, so an uneven share of the clients caps the rate.
+    workers: tuple[float, ...] = ()
 
     @classmethod
     def pooled(cls, shares: list[CpuShare]) -> CpuShare:
@@ -194,7 +197,15 @@ class CpuShare:
         def mean(name: str) -> float:
             return sum(getattr(c, name) * c.seconds for c in shares) / seconds
 
-        return cls(seconds, mean("server"), mean("postgres"), mean("generator"), mean("machine"))
+        n_workers = {len(c.workers) for c in shares}
+        workers = (
+            tuple(sum(c.workers[i] * c.seconds for c in shares) / seconds for i in range(n))
+            if len(n_workers) == 1 and (n := n_workers.pop())
+            else ()
+        )
+        return cls(
+            seconds, mean("server"), mean("postgres"), mean("generator"), mean("machine"), workers
+        )
 
     def per(self, n: int) -> str:
         """CPU milliseconds per unit of work, ``n`` units done in the span."""
@@ -205,8 +216,9 @@ class CpuShare:
         )
 
     def cores(self) -> str:
+        split = f" ({' + '.join(f'{w:.2f}' for w in self.workers)})" if self.workers else ""
         return (
-            f"cores busy: server {self.server:.2f}, PostgreSQL {self.postgres:.2f}, load "
+            f"cores busy: server {self.server:.2f}{split}, PostgreSQL {self.postgres:.2f}, load "
             f"generator {self.generator:.2f}; machine {100 * self.machine:.0f}% busy"
         )
 
@@ -240,10 +252,14 @@ class CpuMeter:
 
         span = end[4] - begin[4]
         busy, total = end[3][0] - begin[3][0], end[3][1] - begin[3][1]
+        workers = [p for p in end[0] if p != self.server_pid]  # uvicorn --workers N: its children
         return CpuShare(
             seconds=span,
             server=used(end[0], begin[0]) / span,
             postgres=used(end[1], begin[1]) / span,
             generator=(end[2] - begin[2]) / span,
             machine=busy / total if total else 0.0,
+            workers=tuple(
+                sorted((used({p: end[0][p]}, begin[0]) / span for p in workers), reverse=True)
+            ),
         )

@@ -12,7 +12,8 @@ from tests.conftest import Stack
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from lean_http import LeanClient  # noqa: E402
+import pytest  # noqa: E402
+from lean_http import CpuShare, LeanClient  # noqa: E402
 
 
 def test_lean_client_reads_answers_on_one_kept_alive_connection(stack: Stack) -> None:
@@ -32,3 +33,14 @@ def test_lean_client_reads_answers_on_one_kept_alive_connection(stack: Stack) ->
         await client.aclose()
 
     asyncio.run(run())
+
+
+def test_cpu_shares_pool_each_server_worker_weighted_by_its_span() -> None:
+    a = CpuShare(10, 1.3, 0.2, 0.03, 0.9, workers=(0.7, 0.6))
+    b = CpuShare(30, 1.1, 0.2, 0.03, 0.9, workers=(0.6, 0.5))
+    pooled = CpuShare.pooled([a, b])
+    assert pooled.workers == pytest.approx((0.625, 0.525))
+    assert pooled.server == pytest.approx(1.15)
+    assert "server 1.15 (0.62 + 0.53)," in pooled.cores()
+    # Spans with different numbers of workers have no per-worker figure.
+    assert CpuShare.pooled([a, CpuShare(10, 1.0, 0.2, 0.03, 0.9, workers=(1.0,))]).workers == ()
