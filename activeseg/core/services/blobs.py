@@ -41,6 +41,7 @@ from activeseg.core.tables import (
     LabelRevision,
     ModelVersion,
     RegionSet,
+    Task,
     TaskAnswer,
     ToolAnnotation,
 )
@@ -52,6 +53,7 @@ BLOB_KEY_COLUMNS: tuple[InstrumentedAttribute[Any], ...] = (
     Image.blob_key,
     LabelRevision.blob_key,
     RegionSet.blob_key,
+    Task.region_map_key,  # the same blob as its region_sets row, named on the task for leases
     ImageScore.heatmap_key,
     ImageScore.prediction_key,
     ToolAnnotation.blob_key,  # a labelling tool's contribution (values painted, prior values)
