@@ -157,6 +157,16 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _resource_tracker(pid: int) -> bool:
+    """Whether ``pid`` is multiprocessing's resource tracker (a child of uvicorn --workers N
+    beside its workers, idle)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"resource_tracker" in f.read()
+    except OSError:
+        return False
+
+
 def _postgres_pids() -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
@@ -252,7 +262,7 @@ class CpuMeter:
 
         span = end[4] - begin[4]
         busy, total = end[3][0] - begin[3][0], end[3][1] - begin[3][1]
-        workers = [p for p in end[0] if p != self.server_pid]  # uvicorn --workers N: its children
+        workers = [p for p in end[0] if p != self.server_pid and not _resource_tracker(p)]
         return CpuShare(
             seconds=span,
             server=used(end[0], begin[0]) / span,
