@@ -82,9 +82,10 @@ def lock_image_and_mask(session: Session, image_id: int) -> LockedImage:
 
 
 def lock_image(session: Session, image_id: int) -> Image:
-    """The image row, locked for this transaction and read afresh: every writer of an image's
-    labels (a task answer, a consensus, a review, a tool's annotation) takes it before it reads
-    the current mask, so two read-modify-writes of one mask run one after the other."""
+    """The image row, locked for this transaction and read afresh: a writer of an image's
+    labels (a consensus, a review, a tool's annotation, an upload) takes it before it reads the
+    current mask, so two read-modify-writes of one mask run one after the other. A single task
+    answer takes it only to advance the revision (:func:`save_window_unlocked`)."""
     return lock_image_and_mask(session, image_id).image
 
 

@@ -71,6 +71,7 @@ _NAME_REGION_MAPS = (
         )
         .scalar_subquery()
     )
+    .execution_options(synchronize_session=False)  # no task of the round is loaded
 )
 
 

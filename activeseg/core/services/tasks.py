@@ -394,7 +394,7 @@ def _submit_overlapping(
     the consensus, made with the k-th answer when the answers agree enough."""
     # The task row is locked (the caller's query): answers to one task are made one at a
     # time. The image row is locked only by the answer that writes the consensus into the
-    # mask (overlap.add_answer), as every writer of an image's labels does.
+    # mask (overlap.add_answer), before it reads the current mask.
     _, _, regions = task_region_map(session, store, task)
     answer = read_answer(task, regions, len(project.classes), sub)
     done = overlap.already_answered(session, task, user)
