@@ -185,15 +185,31 @@ def _store_revision(
     idempotency_key: str | None,
 ) -> LabelRevision:
     """``mask`` as the next revision of ``locked`` (held by :func:`lock_image`)."""
-    labelled = int(np.count_nonzero(mask != UNLABELLED))
-    key = store.put(encode_png(mask))
+    key, labelled, fraction = _put_mask(store, locked, mask)
     rev = _revision_row(locked, key, labelled, source, author_id, task_id, idempotency_key)
     session.add(rev)
     locked.current_revision = rev.revision
     locked.labelled_pixels = labelled
-    locked.labelled_fraction = labelled / float(locked.width * locked.height)
+    locked.labelled_fraction = fraction
     session.flush()
     return rev
+
+
+def _put_mask(store: BlobStore, image: Image, mask: np.ndarray) -> tuple[str, int, float]:
+    """Store ``mask`` of ``image``: its blob key, labelled pixels and labelled fraction."""
+    labelled = int(np.count_nonzero(mask != UNLABELLED))
+    return store.put(encode_png(mask)), labelled, labelled / float(image.width * image.height)
+
+
+def _with_window(
+    mask: np.ndarray, bbox: tuple[int, int, int, int], where: np.ndarray, window: np.ndarray
+) -> np.ndarray:
+    """A copy of ``mask`` with the pixels ``where`` (bool, over ``bbox`` = (y0, x0, y1, x1),
+    end exclusive) set from ``window``."""
+    changed = mask.copy()
+    y0, x0, y1, x1 = bbox
+    changed[y0:y1, x0:x1][where] = window[where]
+    return changed
 
 
 def _revision_row(
@@ -236,17 +252,14 @@ def save_window(
     :func:`lock_image` (the image row, or the :class:`LockedImage` with its mask key, which
     spares a query)."""
     if isinstance(image, LockedImage):
-        locked, mask = image.image, image.mask(store).copy()
+        locked, mask = image.image, image.mask(store)
     else:
-        locked, mask = image, current_mask(session, store, image).copy()
-    y0, x0, y1, x1 = bbox
-    view = mask[y0:y1, x0:x1]
-    view[where] = window[where]
+        locked, mask = image, current_mask(session, store, image)
     return _store_revision(
         session,
         store,
         locked,
-        mask,
+        _with_window(mask, bbox, where, window),
         source=source,
         author_id=author_id,
         task_id=task_id,
@@ -278,13 +291,9 @@ def save_window_unlocked(
     if row is None:
         raise NotFound(f"image {image_id} not found")
     image, mask_key = row
-    mask = read_mask(store, image, mask_key).copy()
-    y0, x0, y1, x1 = bbox
-    mask[y0:y1, x0:x1][where] = window[where]
-    labelled = int(np.count_nonzero(mask != UNLABELLED))
-    key = store.put(encode_png(mask))
+    mask = _with_window(read_mask(store, image, mask_key), bbox, where, window)
+    key, labelled, fraction = _put_mask(store, image, mask)
     seen = image.current_revision
-    fraction = labelled / float(image.width * image.height)
     won = session.execute(
         _ADVANCE,
         {"b_id": image_id, "b_seen": seen, "b_revision": seen + 1, "b_pixels": labelled,
