@@ -96,6 +96,9 @@ def create_app(
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     install_rate_limits(app, settings)
     install_metrics(app, app.state.db)
-    # No more requests at once than the database pool holds (activeseg.api.threads).
-    app.add_middleware(RequestThreads, threads=settings.db_pool_size)
+    # No more requests at once than the database pool holds, the annotation routes in a lane
+    # of their own (activeseg.api.threads).
+    app.add_middleware(
+        RequestThreads, threads=settings.db_pool_size, lane=settings.annotation_threads
+    )
     return app

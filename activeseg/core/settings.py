@@ -64,8 +64,13 @@ class Settings(BaseSettings):
     # would otherwise open, and close, a connection of its own, a new PostgreSQL backend each
     # time (issue 17: that churn cost a third of the annotator loop's throughput). Size
     # PostgreSQL's max_connections for (API processes + workers) x (pool + overflow).
-    db_pool_size: int = Field(default=20, ge=1)
+    db_pool_size: int = Field(default=20, ge=2)
     db_max_overflow: int = Field(default=10, ge=0)
+    # Of those db_pool_size threads, how many serve the annotation routes (lease, submit,
+    # heartbeat, release, skip, a task's state): their own few threads, taken in the order the
+    # requests came, so an annotator's request never queues behind an upload or an export,
+    # and 32 of them do not fight over one interpreter lock (issue 17: a shorter lease tail).
+    annotation_threads: int = Field(default=2, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = None
     # Seconds of on-demand prediction one Label Studio /predict request may spend on images
@@ -97,6 +102,11 @@ class Settings(BaseSettings):
             self.broker_url = "filesystem://"
         if not self.storage_url:
             self.storage_url = f"file://{data / 'blobs'}"
+        if self.annotation_threads >= self.db_pool_size:
+            raise ValueError(
+                f"ACTIVESEG_ANNOTATION_THREADS ({self.annotation_threads}) must be less than "
+                f"ACTIVESEG_DB_POOL_SIZE ({self.db_pool_size}): the other routes need threads too"
+            )
         if self.environment == "production" and self.database_url.startswith("sqlite"):
             raise ValueError(
                 "ACTIVESEG_ENVIRONMENT=production needs a server database, e.g. "

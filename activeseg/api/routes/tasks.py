@@ -15,6 +15,7 @@ from activeseg.api.deps import BearerToken, CurrentUser, DbDep, SettingsDep, Sto
 from activeseg.api.errors import error_responses
 from activeseg.api.metrics import LABELS_SUBMITTED, TASKS_LEASED, TASKS_SKIPPED
 from activeseg.api.schemas import NO_NUL, LabelRevisionPublic, RowId
+from activeseg.api.threads import annotation_lane
 from activeseg.core.errors import Invalid
 from activeseg.core.imaging import decode_index
 from activeseg.core.services import auth, tasks
@@ -131,6 +132,7 @@ def _lease_payload(
     response_model=TaskLease,
     responses={204: {"description": "the queue is empty"}},
 )
+@annotation_lane
 def lease_next(
     project_id: RowId, token: BearerToken, db: DbDep, store: StoreDep, settings: SettingsDep
 ) -> Any:
@@ -158,12 +160,14 @@ def _json(model: BaseModel, status_code: int = status.HTTP_200_OK) -> Response:
 
 
 @router.get("/tasks/{task_id}", response_model=TaskPublic)
+@annotation_lane
 def get_task(task_id: RowId, token: BearerToken, db: DbDep) -> Task:
     with db.read_session() as s:
         return auth.authenticate_for_task(s, token, task_id, lock=False)[1]
 
 
 @router.post("/tasks/{task_id}/heartbeat", response_model=TaskPublic)
+@annotation_lane
 def heartbeat(task_id: RowId, token: BearerToken, db: DbDep) -> Task:
     """Extend your lease by the project's lease time."""
     with db.session() as s:
@@ -172,6 +176,7 @@ def heartbeat(task_id: RowId, token: BearerToken, db: DbDep) -> Task:
 
 
 @router.post("/tasks/{task_id}/release", response_model=TaskPublic)
+@annotation_lane
 def release(task_id: RowId, token: BearerToken, db: DbDep) -> Task:
     """Give the task back to the queue."""
     with db.session() as s:
@@ -180,6 +185,7 @@ def release(task_id: RowId, token: BearerToken, db: DbDep) -> Task:
 
 
 @router.post("/tasks/{task_id}/skip", response_model=TaskPublic)
+@annotation_lane
 def skip(task_id: RowId, body: SkipBody, token: BearerToken, db: DbDep) -> Task:
     """Take an unlabellable region out of the queue, with a reason."""
     with db.session() as s:
@@ -206,6 +212,7 @@ def decode_patch(data: str) -> np.ndarray:
 @router.post(
     "/tasks/{task_id}/submit", response_model=SubmitResult, status_code=status.HTTP_201_CREATED
 )
+@annotation_lane
 def submit(
     task_id: RowId,
     body: SubmitBody,
