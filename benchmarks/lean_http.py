@@ -180,6 +180,39 @@ def _postgres_pids() -> list[int]:
     return pids
 
 
+def _listening_port_connections(port: int) -> set[str]:
+    """Socket inodes of the established TCP connections whose local port is ``port``."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if cols[3] == "01" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(cols[9])
+    return inodes
+
+
+def _sockets_held(pid: int, inodes: set[str]) -> int:
+    """How many of the socket ``inodes`` process ``pid`` holds open."""
+    held = 0
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return 0
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            held += 1
+    return held
+
+
 def _machine() -> tuple[float, float]:
     """(busy, total) jiffies of all CPUs since boot (steal and iowait count as not busy)."""
     with open("/proc/stat") as f:
@@ -198,6 +231,9 @@ class CpuShare:
     # Cores kept busy by each of the server's worker processes, busiest first: one Python
     # process uses about one core at most, so an uneven share of the clients caps the rate.
     workers: tuple[float, ...] = ()
+    # The clients' connections each of those processes held at the end of the span (same
+    # order; the kernel hands a new connection to whichever process accepts it first).
+    clients: tuple[int, ...] = ()
 
     @classmethod
     def pooled(cls, shares: list[CpuShare]) -> CpuShare:
@@ -213,8 +249,15 @@ class CpuShare:
             if len(n_workers) == 1 and (n := n_workers.pop())
             else ()
         )
+        clients = shares[0].clients if len(shares) == 1 else ()  # each span connects anew
         return cls(
-            seconds, mean("server"), mean("postgres"), mean("generator"), mean("machine"), workers
+            seconds,
+            mean("server"),
+            mean("postgres"),
+            mean("generator"),
+            mean("machine"),
+            workers,
+            clients,
         )
 
     def per(self, n: int) -> str:
@@ -226,7 +269,10 @@ class CpuShare:
         )
 
     def cores(self) -> str:
-        split = f" ({' + '.join(f'{w:.2f}' for w in self.workers)})" if self.workers else ""
+        split = f" ({' + '.join(f'{w:.2f}' for w in self.workers)}" if self.workers else ""
+        if split and self.clients:
+            split += f"; clients {' + '.join(str(c) for c in self.clients)}"
+        split += ")" if split else ""
         return (
             f"cores busy: server {self.server:.2f}{split}, PostgreSQL {self.postgres:.2f}, load "
             f"generator {self.generator:.2f}; machine {100 * self.machine:.0f}% busy"
@@ -237,8 +283,8 @@ class CpuMeter:
     """CPU used between :meth:`start` and :meth:`stop` by the server process ``server_pid``
     and its children (uvicorn's workers), PostgreSQL's processes and this process."""
 
-    def __init__(self, server_pid: int) -> None:
-        self.server_pid = server_pid
+    def __init__(self, server_pid: int, port: int | None = None) -> None:
+        self.server_pid, self.port = server_pid, port
 
     def _read(self) -> tuple[dict[int, float], dict[int, float], float, tuple[float, float], float]:
         server = [self.server_pid, *_children(self.server_pid)]
@@ -263,13 +309,17 @@ class CpuMeter:
         span = end[4] - begin[4]
         busy, total = end[3][0] - begin[3][0], end[3][1] - begin[3][1]
         workers = [p for p in end[0] if p != self.server_pid and not _resource_tracker(p)]
+        inodes = _listening_port_connections(self.port) if self.port else set()
+        by_cpu = sorted(
+            ((used({p: end[0][p]}, begin[0]) / span, _sockets_held(p, inodes)) for p in workers),
+            reverse=True,
+        )
         return CpuShare(
             seconds=span,
             server=used(end[0], begin[0]) / span,
             postgres=used(end[1], begin[1]) / span,
             generator=(end[2] - begin[2]) / span,
             machine=busy / total if total else 0.0,
-            workers=tuple(
-                sorted((used({p: end[0][p]}, begin[0]) / span for p in workers), reverse=True)
-            ),
+            workers=tuple(cpu for cpu, _ in by_cpu),
+            clients=tuple(n for _, n in by_cpu) if self.port else (),
         )

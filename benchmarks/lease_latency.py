@@ -45,6 +45,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -311,7 +312,7 @@ async def run_http(
 
     try:
         await drive(n_clients, warmup, lease)
-        meter = CpuMeter(served.pid)
+        meter = CpuMeter(served.pid, urlsplit(served.url).port)
         meter.start()
         latencies, wall = await drive(n_clients, n_leases, lease)
         return latencies, wall, meter.stop()

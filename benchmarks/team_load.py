@@ -46,6 +46,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import psycopg
@@ -167,7 +168,7 @@ def main() -> None:
         with server(env, args.workers, args.app) as served:
             begin = time.monotonic()
             span = (begin + args.warmup, begin + args.warmup + args.duration)
-            meter = CpuMeter(served.pid)
+            meter = CpuMeter(served.pid, urlsplit(served.url).port)
             cpu: list[CpuShare] = []
 
             async def measure() -> None:  # the CPU of the measured span only

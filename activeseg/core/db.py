@@ -14,6 +14,7 @@ Two kinds of session share the engine's pool:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from activeseg.core.settings import Settings
@@ -75,6 +77,37 @@ def _sqlite_engine(url: str, pool_size: int, max_overflow: int, **kwargs: Any) -
     return engine
 
 
+PING_IDLE_S = 5.0
+"""A pooled PostgreSQL connection that sat unused this long is pinged before it is handed out."""
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Ping a connection on checkout only when it sat in the pool ``PING_IDLE_S`` or longer.
+
+    A connection that died while idle (a restarted PostgreSQL, a firewall's or a proxy's idle
+    timeout) costs one failed ping, not a failed request: the pool drops it and hands out
+    another. SQLAlchemy's ``pool_pre_ping`` pings on every checkout, one round trip more per
+    transaction; a busy process reuses its connections within milliseconds, so here it skips
+    that trip (BENCHMARKS.md "Pinging only idle connections"). A connection that dies while in
+    use fails its request (503, see activeseg.api.errors) and makes the pool drop every
+    connection opened before it, so the next requests connect afresh.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_conn: Any, record: Any) -> None:
+        record.info["returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        returned = record.info.get("returned_at")
+        if returned is None or time.monotonic() - returned < PING_IDLE_S:
+            return  # new, or back in the pool a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as e:  # noqa: BLE001 - any failure means the connection is gone
+            raise DisconnectionError(f"an idle pooled connection is gone: {e}") from e
+
+
 def make_engine(url: str, pool_size: int = 20, max_overflow: int = 10, **kwargs: Any) -> Engine:
     """The process's engine. On PostgreSQL it keeps ``pool_size`` connections open and opens
     at most ``max_overflow`` more (each closed again on its return: a backend started and
@@ -82,10 +115,8 @@ def make_engine(url: str, pool_size: int = 20, max_overflow: int = 10, **kwargs:
     A SQLite file database gets the same pool sizes."""
     if url.startswith("sqlite"):
         return _sqlite_engine(url, pool_size, max_overflow, **kwargs)
-    # pool_pre_ping: a restarted PostgreSQL costs one failed ping, not a failed request.
-    engine = create_engine(
-        url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow, **kwargs
-    )
+    engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow, **kwargs)
+    _ping_when_idle(engine)
 
     @event.listens_for(engine, "begin")
     def _read_only_begin(conn: Any) -> None:
