@@ -142,6 +142,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=15.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="a listening socket per API process (benchmarks/reuseport_serve.py)",
+    )
+    parser.add_argument(
         "--app",
         default="activeseg.api.main:app",
         help="ASGI app to serve; 'module:factory()' calls a factory (e.g. "
@@ -165,7 +170,7 @@ def main() -> None:
         fill_queue(env, total, seed=16)
         set_up = time.perf_counter() - t0
         rec = Record()
-        with server(env, args.workers, args.app) as served:
+        with server(env, args.workers, args.app, args.reuse_port) as served:
             begin = time.monotonic()
             span = (begin + args.warmup, begin + args.warmup + args.duration)
             meter = CpuMeter(served.pid, urlsplit(served.url).port)
@@ -203,9 +208,10 @@ def main() -> None:
             ).fetchone() or (0, 0, 0)
         env.db.dispose()
 
+    listen = " (a listening socket each: SO_REUSEPORT)" if args.reuse_port else ""
     print(
-        f"## Annotation team load ({platform.node()}, {args.workers} API workers, {args.app}, "
-        f"rate limit off, {args.client} HTTP client)\n"
+        f"## Annotation team load ({platform.node()}, {args.workers} API workers{listen}, "
+        f"{args.app}, rate limit off, {args.client} HTTP client)\n"
     )
     print(
         f"{args.annotators} annotators, think {think[0]:g}-{think[1]:g} s, overlap "
