@@ -180,8 +180,11 @@ def _postgres_pids() -> list[int]:
     return pids
 
 
-def _listening_port_connections(port: int) -> set[str]:
-    """Socket inodes of the established TCP connections whose local port is ``port``."""
+ESTABLISHED, LISTEN = "01", "0A"  # TCP states as /proc/net/tcp writes them
+
+
+def tcp_sockets(port: int, state: str) -> set[str]:
+    """Socket inodes of the TCP sockets in ``state`` whose local port is ``port``."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -191,7 +194,7 @@ def _listening_port_connections(port: int) -> set[str]:
             continue
         for row in rows:
             cols = row.split()
-            if cols[3] == "01" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+            if cols[3] == state and int(cols[1].rsplit(":", 1)[1], 16) == port:
                 inodes.add(cols[9])
     return inodes
 
@@ -269,10 +272,10 @@ class CpuShare:
         )
 
     def cores(self) -> str:
-        split = f" ({' + '.join(f'{w:.2f}' for w in self.workers)}" if self.workers else ""
-        if split and self.clients:
-            split += f"; clients {' + '.join(str(c) for c in self.clients)}"
-        split += ")" if split else ""
+        per_worker = " + ".join(f"{w:.2f}" for w in self.workers)
+        if self.clients:
+            per_worker += f"; clients {' + '.join(str(c) for c in self.clients)}"
+        split = f" ({per_worker})" if self.workers else ""
         return (
             f"cores busy: server {self.server:.2f}{split}, PostgreSQL {self.postgres:.2f}, load "
             f"generator {self.generator:.2f}; machine {100 * self.machine:.0f}% busy"
@@ -309,7 +312,7 @@ class CpuMeter:
         span = end[4] - begin[4]
         busy, total = end[3][0] - begin[3][0], end[3][1] - begin[3][1]
         workers = [p for p in end[0] if p != self.server_pid and not _resource_tracker(p)]
-        inodes = _listening_port_connections(self.port) if self.port else set()
+        inodes = tcp_sockets(self.port, ESTABLISHED) if self.port else set()
         by_cpu = sorted(
             ((used({p: end[0][p]}, begin[0]) / span, _sockets_held(p, inodes)) for p in workers),
             reverse=True,

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import os
 import platform
@@ -51,7 +50,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 import psycopg
-from lean_http import CpuMeter, CpuShare, add_client_option, open_client
+from lean_http import LISTEN, CpuMeter, CpuShare, add_client_option, open_client, tcp_sockets
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -328,17 +327,6 @@ class Served:
     pid: int  # uvicorn's main process; its workers are its children
 
 
-def _listening(port: int) -> int:
-    """How many sockets listen on TCP ``port``."""
-    n = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as f:
-            for row in f.read().splitlines()[1:]:
-                cols = row.split()
-                n += cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port
-    return n
-
-
 @contextmanager
 def server(env: Env, workers: int, app: str, reuse_port: bool = False) -> Iterator[Served]:
     """``uvicorn app --workers N`` on a free port, started and stopped (by its process id).
@@ -375,7 +363,7 @@ def server(env: Env, workers: int, app: str, reuse_port: bool = False) -> Iterat
     url = f"http://127.0.0.1:{port}"
     try:
         deadline, ok = time.monotonic() + 60, 0
-        while ok < 2 * workers or (reuse_port and _listening(port) < workers):
+        while ok < 2 * workers or (reuse_port and len(tcp_sockets(port, LISTEN)) < workers):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the uvicorn server did not start")
             try:

@@ -68,8 +68,7 @@ class RequestThreads:
     once, ``lane`` of them in the annotation lane."""
 
     def __init__(self, app: Any, threads: int, lane: int) -> None:
-        if not 1 <= lane < threads:
-            raise ValueError(f"the annotation lane ({lane}) must be smaller than {threads}")
+        # Settings refuse a lane as large as the pool (ACTIVESEG_ANNOTATION_THREADS).
         self.app, self.shared, self.lane = app, threads - lane, lane
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
