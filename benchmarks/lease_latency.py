@@ -324,16 +324,53 @@ async def run_http(
 @dataclass
 class Served:
     url: str
-    pid: int  # uvicorn's main process; its workers are its children
+    pid: int  # the server's main process; its API processes are its children
+
+
+SERVERS = {
+    "balancer": "activeseg api --processes N: one listening socket, each connection handed to "
+    "the next process in turn (activeseg/admin/balancer.py), what serve and compose run",
+    "uvicorn": "uvicorn --workers N: the processes accept from one shared socket",
+    "reuse-port": "N uvicorn processes with a SO_REUSEPORT socket each "
+    "(benchmarks/reuseport_serve.py): the kernel spreads connections by a hash",
+}
+DEFAULT_APP = "activeseg.api.main:app"
+
+
+def add_server_option(parser: argparse.ArgumentParser) -> None:
+    """``--server``, how the API processes share the port, and ``--app``."""
+    parser.add_argument(
+        "--server",
+        choices=tuple(SERVERS),
+        default="balancer",
+        help="; ".join(f"{k}: {v}" for k, v in SERVERS.items()),
+    )
+    parser.add_argument(
+        "--app",
+        default=DEFAULT_APP,
+        help="ASGI app to serve; 'module:factory()' calls a factory (e.g. "
+        "'activeseg.api.app:create_app()'), to compare a variant of the app (needs --server "
+        "uvicorn or reuse-port)",
+    )
+
+
+def check_server_option(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.server == "balancer" and args.app != DEFAULT_APP:
+        parser.error("--app needs --server uvicorn or reuse-port (activeseg api serves its app)")
+
+
+def server_label(args: argparse.Namespace) -> str:
+    return f"{args.workers} API processes, {args.server} ({args.app})"
 
 
 @contextmanager
-def server(env: Env, workers: int, app: str, reuse_port: bool = False) -> Iterator[Served]:
-    """``uvicorn app --workers N`` on a free port, started and stopped (by its process id).
-    The per-token rate limit is off: it would cap a client at 10 task requests per second,
-    and the benchmarks measure what the server can do, not what the limit lets through.
-    ``reuse_port``: N processes with a listening socket each (benchmarks/reuseport_serve.py),
-    ready once all N listen (a client connected earlier would find only the first)."""
+def server(env: Env, workers: int, app: str, mode: str = "balancer") -> Iterator[Served]:
+    """The API in ``workers`` processes (``mode``: see :data:`SERVERS`) on a free port,
+    started and stopped (by its process id). The per-token rate limit is off: it would cap a
+    client at 10 task requests per second, and the benchmarks measure what the server can do,
+    not what the limit lets through. Ready once 2 N requests in a row, each on a new
+    connection, were answered, and with ``reuse-port`` once all N listen (a client connected
+    earlier would find only the first)."""
     import socket
 
     with socket.socket() as sock:
@@ -351,21 +388,29 @@ def server(env: Env, workers: int, app: str, reuse_port: bool = False) -> Iterat
         "ACTIVESEG_RATE_LIMIT_TASKS_PER_MINUTE": "0",
     }
     factory = ["--factory"] if app.endswith("()") else []  # "module:create_app()": a factory
-    cmd = [
-        sys.executable, "-m", "uvicorn", app.removesuffix("()"), *factory, "--host", "127.0.0.1",
-        "--port", str(port), "--workers", str(workers), "--log-level", "warning",
-        "--no-access-log", "--lifespan", "off",
-    ] if not reuse_port else [
-        sys.executable, str(REPO / "benchmarks" / "reuseport_serve.py"), app.removesuffix("()"),
-        *factory, "--port", str(port), "--workers", str(workers),
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env)
+    cmd = {
+        "balancer": [
+            sys.executable, "-m", "activeseg", "api", "--port", str(port),
+            "--processes", str(workers),
+        ],
+        "uvicorn": [
+            sys.executable, "-m", "uvicorn", app.removesuffix("()"), *factory, "--host",
+            "127.0.0.1", "--port", str(port), "--workers", str(workers), "--log-level",
+            "warning", "--no-access-log", "--lifespan", "off",
+        ],
+        "reuse-port": [
+            sys.executable, str(REPO / "benchmarks" / "reuseport_serve.py"),
+            app.removesuffix("()"), *factory, "--port", str(port), "--workers", str(workers),
+        ],
+    }[mode]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
+    reuse_port = mode == "reuse-port"
     try:
         deadline, ok = time.monotonic() + 60, 0
         while ok < 2 * workers or (reuse_port and len(tcp_sockets(port, LISTEN)) < workers):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the uvicorn server did not start")
+                raise RuntimeError("the API server did not start")
             try:
                 ok = ok + 1 if httpx.get(f"{url}/health", timeout=5).status_code < 500 else 0
             except httpx.TransportError:
@@ -424,23 +469,14 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--leases", type=int, default=2000, help="measured leases per run")
     parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
-    parser.add_argument(
-        "--reuse-port",
-        action="store_true",
-        help="a listening socket per worker process (benchmarks/reuseport_serve.py)",
-    )
+    parser.add_argument("--workers", type=int, default=2, help="API processes")
+    add_server_option(parser)
     parser.add_argument("--breakdown", type=int, default=300, help="sequential leases to split")
     parser.add_argument("--single", type=int, default=300, help="leases by one lone client")
-    parser.add_argument(
-        "--app",
-        default="activeseg.api.main:app",
-        help="ASGI app to serve; 'module:factory()' calls a factory (e.g. "
-        "'activeseg.api.app:create_app()'), to compare a variant of the app",
-    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all the sizes")
     add_client_option(parser)
     args = parser.parse_args()
+    check_server_option(parser, args)
     sizes = [int(x) for x in args.sizes.split(",")]
     runs = [(args.clients, args.warmup, args.leases), (1, 20, args.single)]
     extra = sum(w + n for _, w, n in runs) + args.breakdown
@@ -458,7 +494,7 @@ def main() -> None:
                 for clients, warmup, n in runs:
                     series[size, clients, "raw"].add(*asyncio.run(run_raw(env, clients, warmup, n)))
                 requeue(env)
-                with server(env, args.workers, args.app, args.reuse_port) as served:
+                with server(env, args.workers, args.app, args.server) as served:
                     for clients, warmup, n in runs:
                         measured = run_http(env, served, clients, warmup, n, args.client)
                         series[size, clients, "http"].add(*asyncio.run(measured))
@@ -472,13 +508,12 @@ def main() -> None:
     with psycopg.connect(args.pg, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{args.db}"')
 
-    listen = " (a listening socket each: SO_REUSEPORT)" if args.reuse_port else ""
     print(f"## lease latency, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}; {args.rounds} rounds of {args.leases} measured leases "
         f"after {args.warmup} warm-up ({args.single} after 20 for one client) per setting; "
-        f"uvicorn {args.app} --workers {args.workers}{listen}, rate limit off; {args.client} HTTP "
+        f"{server_label(args)}, rate limit off; {args.client} HTTP "
         f"client; server, PostgreSQL and load generator on one machine; "
         f"{time.perf_counter() - started:.0f} s in all\n"
     )

@@ -2,12 +2,12 @@
 the kernel spreads new connections over them by a hash, where ``uvicorn --workers N`` shares
 one socket and the first process to wake accepts every connection waiting.
 
-Usage (what ``--reuse-port`` of the load generators runs)::
+Usage (what ``--server reuse-port`` of the load generators runs)::
 
     python benchmarks/reuseport_serve.py activeseg.api.main:app --port 8000 --workers 2
 
-A benchmark launcher only, to measure what spreading the connections does to the annotator
-loop (BENCHMARKS.md); ``activeseg serve`` and compose still run ``uvicorn --workers``. SIGTERM
+A benchmark launcher only, to compare with how ``activeseg api --processes N`` hands the
+connections out (activeseg/admin/balancer.py; BENCHMARKS.md). SIGTERM
 or SIGINT stops the processes (uvicorn finishes their open requests) and then this one.
 """
 

@@ -14,7 +14,8 @@ simulated annotators, one token each, loop for ``--duration`` seconds: lease
 (``POST /projects/{id}/tasks/next``), think for a uniform random time in ``--think`` seconds,
 submit one class for the region (``POST /tasks/{id}/submit``). Latencies are kept from
 ``--warmup`` seconds on (the first requests open connections and load caches). The server is
-``uvicorn activeseg.api.main:app --workers N`` in its own process.
+``activeseg api --processes N`` in its own process (``--server`` for another way to run
+the processes).
 
 Reported: lease and submit latency (p50, p99, max), request errors (any status other than
 200/201/204), double hand-outs (a task handed to a second annotator while the first still
@@ -56,7 +57,16 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from lean_http import CpuMeter, CpuShare, add_client_option, open_client  # noqa: E402
-from lease_latency import REGIONS_PER_IMAGE, Env, fill_queue, server, setup  # noqa: E402
+from lease_latency import (  # noqa: E402
+    REGIONS_PER_IMAGE,
+    Env,
+    add_server_option,
+    check_server_option,
+    fill_queue,
+    server,
+    server_label,
+    setup,
+)
 
 from activeseg.core.tables import Project  # noqa: E402
 
@@ -140,21 +150,12 @@ def main() -> None:
     parser.add_argument("--think", default="3,10", help="min,max seconds per task")
     parser.add_argument("--duration", type=float, default=120.0)
     parser.add_argument("--warmup", type=float, default=15.0)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument(
-        "--reuse-port",
-        action="store_true",
-        help="a listening socket per API process (benchmarks/reuseport_serve.py)",
-    )
-    parser.add_argument(
-        "--app",
-        default="activeseg.api.main:app",
-        help="ASGI app to serve; 'module:factory()' calls a factory (e.g. "
-        "'activeseg.api.app:create_app()'), to compare a variant of the app",
-    )
+    parser.add_argument("--workers", type=int, default=2, help="API processes")
+    add_server_option(parser)
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     add_client_option(parser)
     args = parser.parse_args()
+    check_server_option(parser, args)
     think = tuple(float(x) for x in args.think.split(","))
     assert len(think) == 2 and 0 <= think[0] <= think[1]
 
@@ -170,7 +171,7 @@ def main() -> None:
         fill_queue(env, total, seed=16)
         set_up = time.perf_counter() - t0
         rec = Record()
-        with server(env, args.workers, args.app, args.reuse_port) as served:
+        with server(env, args.workers, args.app, args.server) as served:
             begin = time.monotonic()
             span = (begin + args.warmup, begin + args.warmup + args.duration)
             meter = CpuMeter(served.pid, urlsplit(served.url).port)
@@ -208,10 +209,9 @@ def main() -> None:
             ).fetchone() or (0, 0, 0)
         env.db.dispose()
 
-    listen = " (a listening socket each: SO_REUSEPORT)" if args.reuse_port else ""
     print(
-        f"## Annotation team load ({platform.node()}, {args.workers} API workers{listen}, "
-        f"{args.app}, rate limit off, {args.client} HTTP client)\n"
+        f"## Annotation team load ({platform.node()}, {server_label(args)}, rate limit off, "
+        f"{args.client} HTTP client)\n"
     )
     print(
         f"{args.annotators} annotators, think {think[0]:g}-{think[1]:g} s, overlap "

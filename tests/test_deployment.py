@@ -54,7 +54,8 @@ def test_compose_scales_out() -> None:
     services = compose_config()["services"]
     worker, api = services["worker"], services["api"]
     assert "container_name" not in worker and "ports" not in worker
-    workers = api["command"][api["command"].index("--workers") + 1]
+    assert api["command"][:2] == ["activeseg", "api"]
+    workers = api["command"][api["command"].index("--processes") + 1]
     assert int(workers) > 1
     # PostgreSQL takes every API process's pool and overflow, and as many again for workers.
     defaults = Settings()

@@ -20,4 +20,5 @@ def register(app: typer.Typer) -> None:
     app.command()(migrate.migrate)
     app.command()(worker.worker)
     app.command()(serve.serve)
+    app.command()(serve.api)
     app.command()(simulate.simulate)

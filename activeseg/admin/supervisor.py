@@ -66,6 +66,8 @@ class Part:
     env: dict[str, str] | None = None
     ready: Callable[[], bool] | None = None
     cleanup: Callable[[], None] | None = None  # for the caller, once the part has stopped
+    pass_fds: tuple[int, ...] = ()  # file descriptors the child inherits
+    on_start: Callable[[], None] | None = None  # for the caller, once the child runs
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     returncode: int | None = None
     announced: bool = False
@@ -100,8 +102,10 @@ class Supervisor:
         grace_s: float = 25.0,
         say: Callable[[str], None] = log.info,
         on_ready: Callable[[], None] | None = None,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
         self.parts = list(parts)
+        self.on_stop = on_stop  # first thing when stopping (the balancer stops accepting)
         self.grace_s = grace_s
         self.say = say
         self.on_ready = on_ready
@@ -137,11 +141,14 @@ class Supervisor:
                     list(part.argv),
                     env=part.env,
                     start_new_session=True,
+                    pass_fds=part.pass_fds,
                     preexec_fn=_die_with_parent(self._prctl, part.death_signal, os.getpid()),
                 )
             except OSError as exc:
                 self.say(f"could not start the {part.name}: {exc}")
                 return False
+            if part.on_start is not None:
+                part.on_start()
         return True
 
     def _watch(self) -> Part | None:
@@ -171,6 +178,8 @@ class Supervisor:
     def _stop_all(self) -> None:
         """Ask every part to stop, wait out the grace (less on SIGQUIT or a repeated signal),
         then kill each process group still alive."""
+        if self.on_stop is not None:
+            self.on_stop()
         running = self._running()
         for part in running:
             _signal_group_leader(part, part.stop_signal)
