@@ -15,9 +15,10 @@ after a warm-up, and ``--single`` leases by one lone client, on two paths:
   UPDATE ...; COMMIT``.
 - ``HTTP``: ``POST /projects/{id}/tasks/next`` as annotators see it (one connection and
   token per annotator; the lean client of :mod:`lean_http` unless ``--client httpx``)
-  against ``uvicorn activeseg.api.main:app --workers 2`` in its own process (rate limit
-  off): authentication, the lease transaction and the lease payload (region map from the
-  blob store, region mask PNG, queue counts). Leased tasks are put back between the two.
+  against ``activeseg api --processes 2`` in its own process (``--server``: or uvicorn's
+  own ``--workers``; rate limit off): authentication, the lease transaction and the lease
+  payload (region map from the blob store, region mask PNG, queue counts). Leased tasks are
+  put back between the two.
 
 Then, in this process and one lease at a time, it splits a lease into its parts (auth, lease
 transaction, payload, and the payload's region map alone) and prints EXPLAIN ANALYZE of the

@@ -98,6 +98,32 @@ def test_lease_payload_counts_show_this_annotators_moves(
         assert lease()["queue"]["queued"] == 2
 
 
+def test_stale_payload_counts_are_recounted_beside_the_request(
+    stack: Stack, queued, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Kept counts past their age are shown once more while one thread counts again; the
+    next payload shows the recount, with a move made behind this process's back."""
+    from activeseg.core.services import tasks as task_service
+
+    pid = queued["pid"]
+    monkeypatch.setattr(task_service, "QUEUE_COUNTS_TTL_S", 3600.0)
+    with stack.client(queued["ann"][0]) as c:
+        assert c.post(f"/projects/{pid}/tasks/next").json()["queue"]["leased"] == 1
+        # Another process skips a task: this process's kept counts do not know.
+        with stack.db.session() as s:  # type: ignore[attr-defined]
+            s.execute(update(Task).where(Task.id == queued["task_ids"][0]).values(state="skipped"))
+        monkeypatch.setattr(task_service, "QUEUE_COUNTS_TTL_S", 0.0)
+        stale = c.post(f"/projects/{pid}/tasks/next").json()["queue"]
+        assert (stale["leased"], stale["skipped"], stale["queued"]) == (2, 0, 4)
+        assert task_service.queue_recounts_done(timeout=60)
+        monkeypatch.setattr(task_service, "QUEUE_COUNTS_TTL_S", 3600.0)
+        fresh = c.post(f"/projects/{pid}/tasks/next").json()["queue"]
+        assert (fresh["leased"], fresh["skipped"], fresh["queued"]) == (3, 1, 2)
+        assert fresh == {
+            k: v for k, v in c.get(f"/projects/{pid}/queue").json().items() if k in fresh
+        }
+
+
 def test_lease_payload_and_region_answer_make_the_exact_mask(stack: Stack, queued) -> None:  # type: ignore[no-untyped-def]
     pid = queued["pid"]
     with stack.client(queued["ann"][0]) as c:

@@ -63,7 +63,8 @@ class TaskLease(BaseModel):
     model_version_id: int | None
     lease_expires_at: datetime
     queue: dict[str, int] = Field(
-        description="the project's tasks by state; exact below 10,000 tasks, else up to 2 s old"
+        description="the project's tasks by state, counted about a second ago at most, with "
+        "this process's moves since (GET /projects/{id}/queue is exact)"
     )
 
 
