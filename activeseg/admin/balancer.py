@@ -134,6 +134,7 @@ class Balancer:
                 return
             except OSError as exc:  # e.g. EMFILE: the connection waits in the queue
                 log.error("the balancer could not accept a connection: %s", exc)
+                self._stop.wait(STOP_POLL_S)  # not a busy loop while the cause lasts
                 return
             with conn:
                 self._hand(conn)
