@@ -3,7 +3,7 @@
 Why: ``uvicorn --workers N`` lets N processes accept from one shared listening socket. When
 connections arrive together (32 annotation tools opening their keep-alive connections at
 once), the first process to wake accepts every one waiting: in BENCHMARKS.md ("Handing the
-connections round") 3 runs of 8 gave one process 27 to 32 of 32 clients. A process runs on
+connections round") 8 runs of 10 gave one process 21 to 32 of the 32 clients. A process runs on
 one core at most (the interpreter lock), so those clients share one core while the other
 idles, and their latency doubles. ``SO_REUSEPORT`` sockets (one per process) spread
 connections by a hash of the addresses, as a coin would: 20 + 12 is common. An API process

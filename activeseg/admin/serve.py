@@ -150,13 +150,14 @@ def _api(host: str, port: int, processes: int, grace_s: float, data_dir: Path) -
     except OSError as exc:
         typer.echo(f"cannot listen on {host}:{port}: {exc}", err=True)
         raise typer.Exit(1) from None
+    log_level = get_settings().log_level.lower()
     parts = []
     for k in range(processes):
         fd = balancer.channel_fd(k)
         parts.append(
             Part(
                 f"API process {k + 1}",
-                api_process_argv(fd, grace_s, get_settings().log_level.lower()),
+                api_process_argv(fd, grace_s, log_level),
                 pass_fds=(fd,),
                 on_start=functools.partial(balancer.started, k),
                 ready=functools.partial(balancer.ready, k),

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from activeseg.admin.balancer import Balancer, api_process_argv
-from tests.admin.test_serve_signals import alive, kill_all, process_tree, serve_env
+from tests.admin.test_serve_signals import _cmdline, alive, kill_all, process_tree, serve_env
 from tests.conftest import free_port
 
 START_TIMEOUT_S = 120.0
@@ -197,10 +197,3 @@ def test_activeseg_api_with_two_processes_serves_and_stops_on_sigterm(tmp_path: 
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=10)
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return b""
